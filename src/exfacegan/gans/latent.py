@@ -38,3 +38,52 @@ def ws_from_w(generator: nn.Module, w: torch.Tensor, truncation: Truncation = Tr
             center = torch.zeros(generator.w_dim, device=ws.device, dtype=ws.dtype)
         ws[:, :cutoff] = center.lerp(ws[:, :cutoff], truncation.psi)
     return ws
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Synthesis output in about [-1, 1] to uint8, as the official scripts convert it."""
+    return (images * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    dtypes = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if precision not in dtypes:
+        raise DataError(f"precision must be one of {sorted(dtypes)}, got {precision!r}")
+    return dtypes[precision]
+
+
+@torch.inference_mode()
+def synthesize(
+    generator: nn.Module,
+    w: torch.Tensor,
+    *,
+    truncation: Truncation = Truncation(),
+    noise_mode: str = "const",
+    seeds: torch.Tensor | None = None,
+    precision: str = "fp32",
+) -> torch.Tensor:
+    """Images [N, 3, H, W] in about [-1, 1] from single latents w [N, w_dim].
+
+    `seeds` (one per image) feed the optional `generator.prepare_ws` hook, through which a
+    backbone such as GAN-Control draws the non-identity attributes of each image.
+    """
+    ws = ws_from_w(generator, w, truncation)
+    prepare_ws = getattr(generator, "prepare_ws", None)
+    if prepare_ws is not None:
+        if seeds is None:
+            raise DataError("this generator draws per-image attributes and needs one seed per image")
+        ws = prepare_ws(ws, seeds.to(ws.device))
+    dtype = autocast_dtype(precision)
+    device_type = ws.device.type
+    with torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None and device_type == "cuda"):
+        images = generator.synthesis(ws, noise_mode=noise_mode)
+    return images.float()
+
+
+@torch.inference_mode()
+def map_z(generator: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """The untruncated w [N, w_dim] of each z (unconditional generators get c = 0)."""
+    if z.ndim != 2 or z.shape[1] != generator.z_dim:
+        raise DataError(f"z has shape {tuple(z.shape)}, the generator expects [N, {generator.z_dim}]")
+    c = torch.zeros(z.shape[0], generator.c_dim, device=z.device)
+    return generator.mapping(z, c, truncation_psi=1)[:, 0]

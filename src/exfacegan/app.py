@@ -1,0 +1,247 @@
+"""Wiring: from a composed config to stage calls. No method logic lives here."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from exfacegan.config import resolve_device, validate_config
+from exfacegan.data.artifacts import save_text
+from exfacegan.gans.latent import Truncation
+from exfacegan.loggers import NullLogger
+from exfacegan.pipeline import RunDirectory, StageCache, fingerprint
+from exfacegan.provenance import write_provenance
+
+log = logging.getLogger("exfacegan")
+
+STAGES = ("sample", "label", "fit", "generate", "merge", "analyze")
+# Settings that change speed or placement, never results: left out of fingerprints.
+VOLATILE_KEYS = {"batch_size", "device", "n_jobs", "chunk_size", "num_workers", "shard", "num_shards", "references_per_chunk"}
+
+
+def _stable(node: Any) -> Any:
+    container = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    if isinstance(container, dict):
+        return {k: _stable(v) for k, v in container.items() if k not in VOLATILE_KEYS}
+    if isinstance(container, list):
+        return [_stable(v) for v in container]
+    return container
+
+
+def stage_fingerprints(cfg: DictConfig) -> dict[str, str]:
+    """Each stage's fingerprint covers its own settings and those of every stage upstream."""
+    gan = _stable({k: v for k, v in cfg.gan.items() if k != "small"})
+    boundary = _stable(cfg.boundary)
+    margin = boundary.pop("margin", 0.0)
+    sample = fingerprint({"gan": gan, "embedder": _stable(cfg.embedder), "align": _stable(cfg.align), "sample": _stable(cfg.sample)})
+    label = fingerprint({"up": sample, "label": _stable(cfg.label), "margin": margin})
+    fit = fingerprint({"up": label, "boundary": boundary})
+    generate = fingerprint({"up": fit, "gan": gan, "align": _stable(cfg.align), "sampling": _stable(cfg.sampling), "dataset": _stable(cfg.dataset)})
+    analyze = fingerprint({"up": generate, "analyze": _stable(cfg.analyze), "embedder": _stable(cfg.embedder)})
+    return {"sample": sample, "label": label, "fit": fit, "generate": generate, "merge": generate, "analyze": analyze}
+
+
+@dataclass
+class Components:
+    """Networks built on first use, so that skipped stages load nothing."""
+
+    cfg: DictConfig
+    device: torch.device
+    _built: dict[str, Any] = field(default_factory=dict)
+
+    def _get(self, key: str, build: Callable[[], Any]) -> Any:
+        if key not in self._built:
+            self._built[key] = build()
+        return self._built[key]
+
+    def _network(self, node: DictConfig) -> torch.nn.Module:
+        module = instantiate(node, _convert_="all")
+        return module.eval().requires_grad_(False).to(self.device)
+
+    @property
+    def generator(self) -> torch.nn.Module:
+        return self._get("generator", lambda: self._network(self.cfg.gan.network))
+
+    @property
+    def embedder(self) -> torch.nn.Module:
+        return self._get("embedder", lambda: self._network(self.cfg.embedder.network))
+
+    @property
+    def judge(self) -> torch.nn.Module:
+        judge = self.cfg.analyze.get("judge")
+        return self.embedder if judge is None else self._get("judge", lambda: self._network(judge.network))
+
+    @property
+    def aligner(self) -> torch.nn.Module:
+        return self._get("aligner", lambda: self._network(self.cfg.align))
+
+
+def _truncation(cfg: DictConfig) -> Truncation:
+    return Truncation(**OmegaConf.to_container(cfg.gan.truncation, resolve=True))
+
+
+def run_sample(cfg: DictConfig, run: RunDirectory, out: Path, parts: Components, logger: Any) -> None:
+    from exfacegan.stages.sample import sample
+
+    artifacts = sample(
+        out, parts.generator, parts.aligner, parts.embedder,
+        num_samples=cfg.sample.num_samples, seed=cfg.sample.seed, truncation=_truncation(cfg),
+        noise_mode=cfg.gan.noise_mode, precision=cfg.gan.precision, batch_size=cfg.sample.batch_size,
+        device=parts.device, preview=cfg.sample.preview,
+    )
+    found = np.load(artifacts.latents)["found"]
+    logger.log_metrics({"num_samples": len(found), "faces_found": int(found.sum())}, "sample")
+    logger.log_image("sample/preview", artifacts.preview)
+
+
+def run_label(cfg: DictConfig, run: RunDirectory, out: Path, parts: Components, logger: Any) -> None:
+    from exfacegan.stages.label import label
+
+    sample_dir = run.require("sample")
+    artifacts = label(
+        out, np.load(sample_dir / "embeddings.npy"), np.load(sample_dir / "latents.npz")["found"],
+        num_references=cfg.label.num_references, threshold=cfg.label.threshold,
+        margin=cfg.boundary.margin, chunk_size=cfg.label.chunk_size,
+    )
+    labels = np.load(artifacts.labels)["labels"]
+    logger.log_metrics({
+        "references": labels.shape[0],
+        "similar_fraction": float((labels == 1).sum() / max((labels >= 0).sum(), 1)),
+        "left_out_fraction": float((labels < 0).mean()),
+    }, "label")
+
+
+def run_fit(cfg: DictConfig, run: RunDirectory, out: Path, parts: Components, logger: Any) -> None:
+    from exfacegan.stages.fit import fit
+
+    latents = np.load(run.require("sample") / "latents.npz")["w"]
+    labelled = np.load(run.require("label") / "labels.npz")
+    options = OmegaConf.to_container(cfg.boundary, resolve=True)
+    options.pop("margin")
+    solver = options.pop("solver")
+    if "device" in options:
+        options["device"] = str(parts.device) if options["device"] == "auto" else options["device"]
+    artifacts = fit(out, latents, labelled["labels"], labelled["references"], solver=solver, **options)
+    result = np.load(artifacts.boundaries)
+    valid = result["valid"]
+    logger.log_metrics({
+        "val_accuracy_mean": float(result["val_accuracy"][valid].mean()) if valid.any() else float("nan"),
+        "train_accuracy_mean": float(result["train_accuracy"][valid].mean()) if valid.any() else float("nan"),
+        "invalid_references": int((~valid).sum()),
+    }, "fit")
+
+
+def run_generate(cfg: DictConfig, run: RunDirectory, out: Path, parts: Components, logger: Any) -> bool:
+    from exfacegan.stages.generate import OffsetSpec, generate
+
+    boundaries = np.load(run.require("fit") / "boundaries.npz")
+    artifacts = generate(
+        out, parts.generator, parts.aligner,
+        reference_latents=boundaries["reference_latents"], normals=boundaries["normals"], valid=boundaries["valid"],
+        offsets=OffsetSpec(**OmegaConf.to_container(cfg.sampling, resolve=True)), truncation=_truncation(cfg),
+        noise_mode=cfg.gan.noise_mode, precision=cfg.gan.precision, image_format=cfg.dataset.image_format,
+        jpeg_quality=cfg.dataset.jpeg_quality, batch_size=cfg.gan.batch_size,
+        references_per_chunk=cfg.generate.references_per_chunk, shard=cfg.generate.shard,
+        num_shards=cfg.generate.num_shards, device=parts.device,
+    )
+    if artifacts is not None:
+        _log_generate_stats(artifacts.stats, logger)
+    return artifacts is not None
+
+
+def run_merge(cfg: DictConfig, run: RunDirectory, out: Path, parts: Components, logger: Any) -> bool:
+    from exfacegan.stages.generate import finalize
+
+    _log_generate_stats(finalize(out).stats, logger)
+    return True
+
+
+def _log_generate_stats(stats_path: Path, logger: Any) -> None:
+    import json
+
+    logger.log_metrics(json.loads(Path(stats_path).read_text()), "generate")
+
+
+def run_analyze(cfg: DictConfig, run: RunDirectory, out: Path, parts: Components, logger: Any) -> None:
+    from exfacegan.stages.analyze import analyze_run
+
+    options = {k: v for k, v in OmegaConf.to_container(cfg.analyze, resolve=True).items() if k != "judge"}
+    analyze_run(run.root, out, parts.judge, device=parts.device, logger=logger,
+                batch_size=cfg.embedder.batch_size, **options)
+
+
+RUNNERS: dict[str, Callable[..., Any]] = {
+    "sample": run_sample, "label": run_label, "fit": run_fit,
+    "generate": run_generate, "merge": run_merge, "analyze": run_analyze,
+}
+
+
+def run_pipeline(cfg: DictConfig) -> RunDirectory:
+    validate_config(cfg)
+    stages = [stage for stage in STAGES if stage in cfg.stages]
+    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+    root = Path(cfg.run_dir) if cfg.run_dir else Path(hydra_cfg.runtime.output_dir)
+    run = RunDirectory(root)
+    root.mkdir(parents=True, exist_ok=True)
+    save_text(root / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    write_provenance(root / "provenance.json", cfg)
+    fingerprints = stage_fingerprints(cfg)
+    cache = StageCache(Path(cfg.cache_dir)) if cfg.cache_dir else None
+    parts = Components(cfg, resolve_device(cfg.device))
+    logger = _logger(cfg, root, hydra_cfg)
+    try:
+        for stage in stages:
+            _run_stage(stage, cfg, run, fingerprints, cache, parts, logger)
+    finally:
+        logger.finish()
+    return run
+
+
+def _run_stage(stage: str, cfg: DictConfig, run: RunDirectory, fingerprints: dict[str, str],
+               cache: StageCache | None, parts: Components, logger: Any) -> None:
+    stage_dir = "generate" if stage == "merge" else stage
+    expected = fingerprints[stage]
+    finished = run.finished_fingerprint(stage_dir)
+    if finished == expected:
+        log.info("%s: up to date in %s, skipped", stage, run.stage_dir(stage_dir))
+        return
+    if stage == "merge" and not run.partial_dir("generate").is_dir():
+        log.info("merge: no sharded generate stage to merge")
+        return
+    if finished is not None and not cfg.overwrite:
+        run.begin(stage_dir, expected, overwrite=False)  # raises with the explanation
+    if stage != "merge" and cache is not None and cache.fetch(stage_dir, expected, run.stage_dir(stage_dir)):
+        log.info("%s: reused the cached result %s", stage, cache.entry(stage_dir, expected))
+        return
+    out = run.begin(stage_dir, expected, overwrite=cfg.overwrite)
+    log.info("%s: running in %s", stage, out)
+    complete = RUNNERS[stage](cfg, run, out, parts, logger)
+    if complete is False:
+        return
+    run.commit(stage_dir)
+    if cache is not None:
+        cache.store(stage_dir, expected, run.stage_dir(stage_dir))
+    log.info("%s: done", stage)
+
+
+def _logger(cfg: DictConfig, root: Path, hydra_cfg: Any) -> Any:
+    if cfg.logger is None:
+        return NullLogger()
+    group = name = None
+    if hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN:
+        group = Path(hydra_cfg.sweep.dir).name
+        name = ",".join(hydra_cfg.overrides.task) or None
+    if cfg.logger.get("_target_", "").endswith("NullLogger"):
+        return instantiate(cfg.logger)
+    return instantiate(cfg.logger, name=name, group=group, dir=str(root),
+                       config=OmegaConf.to_container(cfg, resolve=True))

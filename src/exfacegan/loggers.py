@@ -1,0 +1,54 @@
+"""Experiment loggers. Stages call `log_metrics` and `log_image`; the app always calls `finish`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+class NullLogger:
+    def log_metrics(self, metrics: dict[str, Any], stage: str) -> None:
+        pass
+
+    def log_image(self, name: str, path: Path) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+class WandbLogger(NullLogger):
+    """One W&B run per Hydra job, grouped by sweep; offline by default (no account needed)."""
+
+    def __init__(
+        self,
+        project: str = "exfacegan",
+        mode: str = "offline",
+        entity: str | None = None,
+        tags: list[str] | None = None,
+        *,
+        name: str | None = None,
+        group: str | None = None,
+        dir: str | Path | None = None,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        import wandb
+
+        self._wandb = wandb
+        if dir is not None:
+            Path(dir).mkdir(parents=True, exist_ok=True)
+        self.run = wandb.init(
+            project=project, entity=entity, mode=mode, name=name, group=group, tags=tags,
+            dir=str(dir) if dir is not None else None, config=config, reinit="finish_previous",
+        )
+
+    def log_metrics(self, metrics: dict[str, Any], stage: str) -> None:
+        scalars = {f"{stage}/{key}": value for key, value in metrics.items() if isinstance(value, (int, float))}
+        self.run.log(scalars)
+        self.run.summary.update(scalars)
+
+    def log_image(self, name: str, path: Path) -> None:
+        self.run.log({name: self._wandb.Image(str(path))})
+
+    def finish(self) -> None:
+        self.run.finish()

@@ -1,0 +1,59 @@
+"""What a run was made from: package version, git revision, command line, checkpoint hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+import exfacegan
+from exfacegan.data.artifacts import save_json
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def file_sha256(path: Path, block: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def git_revision() -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def checkpoint_paths(cfg: DictConfig) -> dict[str, Path]:
+    """Local checkpoint files named anywhere in the config (`source`, `checkpoint`, `path` keys)."""
+    found: dict[str, Path] = {}
+
+    def walk(node: object, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                name = f"{prefix}.{key}" if prefix else str(key)
+                if key in {"source", "checkpoint", "path"} and isinstance(value, str) and Path(value).is_file():
+                    found[name] = Path(value)
+                else:
+                    walk(value, name)
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return found
+
+
+def write_provenance(path: Path, cfg: DictConfig) -> None:
+    save_json(path, {
+        "exfacegan_version": exfacegan.__version__,
+        "git_revision": git_revision(),
+        "command": sys.argv,
+        "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "checkpoints": {name: {"path": str(p), "sha256": file_sha256(p)} for name, p in checkpoint_paths(cfg).items()},
+    })

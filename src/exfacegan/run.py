@@ -1,0 +1,36 @@
+"""The Hydra app: `python -m exfacegan.run [overrides]` composes conf/ and runs the selected stages."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from exfacegan.errors import ExFaceGANError
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
+if not CONFIG_DIR.is_dir():  # a non-editable install ships the configs inside the package
+    CONFIG_DIR = Path(__file__).resolve().parent / "conf"
+
+OmegaConf.register_new_resolver("or_default", lambda value, default: default if value in (None, "") else value, replace=True)
+
+log = logging.getLogger("exfacegan")
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
+def main(cfg: DictConfig) -> None:
+    from exfacegan.app import run_pipeline
+
+    try:
+        run_pipeline(cfg)
+    except ExFaceGANError as error:
+        log.error("%s", error)
+        print(f"exfacegan: error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

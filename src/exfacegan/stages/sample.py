@@ -1,0 +1,101 @@
+"""Stage 1: sample latent codes, synthesise and align their faces, embed them."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from exfacegan.data.artifacts import save_npy, save_npz
+from exfacegan.data.images import save_grid
+from exfacegan.errors import ConfigError
+from exfacegan.gans.latent import Truncation, map_z, synthesize, to_uint8
+from exfacegan.pipeline import ChunkStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SampleArtifacts:
+    latents: Path  # z [N, z_dim], w [N, w_dim], seeds [N], found [N]
+    embeddings: Path  # float32 [N, D], L2-normalised (zeros where no face was found)
+    preview: Path
+
+
+def latent_seeds(num_samples: int, seed: int) -> np.ndarray:
+    return np.arange(num_samples, dtype=np.int64) + np.int64(seed) * 1_000_003
+
+
+def seeded_normal(seeds: np.ndarray, dim: int) -> np.ndarray:
+    """One standard-normal vector per seed, independent of how the seeds are batched."""
+    return np.stack([np.random.default_rng(int(s)).standard_normal(dim) for s in seeds]).astype(np.float32)
+
+
+def sample(
+    out_dir: Path,
+    generator: nn.Module,
+    aligner: nn.Module,
+    embedder: nn.Module,
+    *,
+    num_samples: int,
+    seed: int = 0,
+    truncation: Truncation = Truncation(),
+    noise_mode: str = "const",
+    precision: str = "fp32",
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    preview: int = 16,
+) -> SampleArtifacts:
+    """Write `latents.npz`, `embeddings.npy` and `preview.png` into `out_dir`.
+
+    Work is saved per batch under `out_dir/chunks`, so an interrupted call resumes where it stopped.
+    """
+    if num_samples < 2:
+        raise ConfigError(f"sample.num_samples must be at least 2, got {num_samples}")
+    out_dir = Path(out_dir)
+    seeds = latent_seeds(num_samples, seed)
+    chunks = ChunkStore(out_dir / "chunks")
+    starts = list(range(0, num_samples, batch_size))
+    preview_rows: list[torch.Tensor] = []
+    for start in tqdm(starts, desc="sample", unit="batch"):
+        batch_seeds = seeds[start : start + batch_size]
+        need_preview = start < preview
+        if chunks.done(start) and not need_preview:
+            continue
+        z = torch.from_numpy(seeded_normal(batch_seeds, generator.z_dim)).to(device)
+        w = map_z(generator, z)
+        images = synthesize(
+            generator, w, truncation=truncation, noise_mode=noise_mode,
+            seeds=torch.from_numpy(batch_seeds), precision=precision,
+        )
+        faces, found = aligner(images)
+        with torch.inference_mode():
+            embeddings = embedder(faces).float() * found[:, None]
+        if need_preview:
+            preview_rows.append(_preview_tiles(images, faces, preview - start))
+        chunks.save(
+            start, z=z.cpu().numpy(), w=w.cpu().numpy(), seeds=batch_seeds,
+            found=found.cpu().numpy(), embeddings=embeddings.cpu().numpy(),
+        )
+    result = chunks.concatenate(starts)
+    artifacts = SampleArtifacts(out_dir / "latents.npz", out_dir / "embeddings.npy", out_dir / "preview.png")
+    save_npz(artifacts.latents, z=result["z"], w=result["w"], seeds=result["seeds"], found=result["found"])
+    save_npy(artifacts.embeddings, result["embeddings"].astype(np.float32))
+    save_grid(artifacts.preview, torch.cat(preview_rows), columns=2 * min(8, preview, num_samples))
+    chunks.remove()
+    num_found = int(result["found"].sum())
+    if num_found < num_samples:
+        log.info("no face found in %d of %d samples; they are left out of labelling", num_samples - num_found, num_samples)
+    return artifacts
+
+
+def _preview_tiles(images: torch.Tensor, faces: torch.Tensor, count: int) -> torch.Tensor:
+    """uint8 tiles [2k, 3, 112, 112]: each raw image (resized to the face size) followed by its aligned face."""
+    images, faces = images[:count], faces[:count]
+    resized = nn.functional.interpolate(images, size=faces.shape[-2:], mode="area")
+    return torch.stack([to_uint8(resized), to_uint8(faces)], dim=1).flatten(0, 1).cpu()
