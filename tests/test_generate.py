@@ -1,0 +1,108 @@
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from exfacegan.errors import ConfigError, DataError
+from exfacegan.stages.generate import OffsetSpec, generate, identity_codes
+from toys import ToyAligner, ToyGenerator
+
+
+def _boundaries(r=5, d=6, seed=1):
+    rng = np.random.default_rng(seed)
+    normals = rng.standard_normal((r, d))
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+    return rng.standard_normal((r, d)).astype(np.float32), normals.astype(np.float32)
+
+
+def test_codes_move_along_the_normal_on_each_side():
+    w, n = _boundaries()
+    spec = OffsetSpec(per_class=20, min_off=0.5, max_off=2.0, both_sides=True)
+    codes, seeds, rows = identity_codes(w, n, np.arange(5), spec)
+    assert codes.shape == (5 * 2 * 20, 6) and len(rows) == len(codes) == len(seeds)
+    for code, row in zip(codes, rows):
+        r = row["reference"]
+        delta = code - w[r]
+        u = delta / n[r]
+        sign = -1 if row["side"] == "same" else 1
+        assert row["class"] == 2 * r + (row["side"] == "other")
+        assert np.all(sign * u >= 0.5 - 1e-4) and np.all(sign * u <= 2.0 + 1e-4)
+        # the component along the normal has the expected sign: same side goes against n
+        assert sign * float(delta @ n[r]) > 0
+
+
+def test_codes_of_a_reference_do_not_depend_on_its_neighbours():
+    w, n = _boundaries()
+    spec = OffsetSpec(per_class=4, include_reference=True, both_sides=False)
+    all_codes, all_seeds, _ = identity_codes(w, n, np.arange(5), spec)
+    one_codes, one_seeds, rows = identity_codes(w[3:4], n[3:4], np.array([3]), spec)
+    np.testing.assert_array_equal(all_codes[12:16], one_codes)
+    np.testing.assert_array_equal(all_seeds[12:16], one_seeds)
+    np.testing.assert_allclose(one_codes[0], w[3])  # include_reference: image 000 is the reference
+    assert [r["class"] for r in rows] == [3] * 4
+
+
+def _run(out: Path, **kw):
+    generator = ToyGenerator()
+    w, n = _boundaries(r=5, d=generator.w_dim)
+    return generate(out, generator, ToyAligner(kw.pop("drop_above", 2.0)), reference_latents=w, normals=n,
+                    offsets=OffsetSpec(per_class=3, max_off=1.0), references_per_chunk=2, batch_size=4, **kw)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_generate_writes_one_folder_per_identity_and_a_manifest(tmp_path):
+    artifacts = _run(tmp_path)
+    classes = sorted(p.name for p in artifacts.dataset.iterdir())
+    assert classes == [f"{c:05d}" for c in range(10)]
+    assert sorted(p.name for p in (artifacts.dataset / "00003").iterdir()) == [f"00003_{k:03d}.png" for k in range(3)]
+    with open(artifacts.manifest) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 30 and {r["side"] for r in rows} == {"same", "other"}
+
+
+def test_same_seed_gives_identical_dataset_and_shards_match(tmp_path):
+    whole = _files(_run(tmp_path / "a").dataset)
+    again = _files(_run(tmp_path / "b").dataset)
+    assert whole == again
+    assert _run(tmp_path / "s", shard=0, num_shards=2) is None  # not finished until every shard is
+    sharded = _run(tmp_path / "s", shard=1, num_shards=2)
+    assert _files(sharded.dataset) == whole
+
+
+def test_resume_skips_recorded_chunks_and_rewrites_partial_ones(tmp_path):
+    reference = _files(_run(tmp_path / "ref").dataset)
+    artifacts = _run(tmp_path / "run")
+    # Simulate a kill: forget the last chunk's record, truncate one of its images, leave a temp file.
+    records = sorted((tmp_path / "run" / "progress").glob("*.csv"))
+    records[-1].unlink()
+    victim = artifacts.dataset / "00009" / "00009_002.png"
+    victim.write_bytes(victim.read_bytes()[:10])
+    (artifacts.dataset / "00009" / ".00009_001.png.abc.tmp").write_bytes(b"x")
+    first = artifacts.dataset / "00000" / "00000_000.png"
+    mtime = first.stat().st_mtime_ns
+    _run(tmp_path / "run")
+    assert _files(artifacts.dataset) == reference
+    assert first.stat().st_mtime_ns == mtime  # completed chunks were not redone
+
+
+def test_dropped_faces_are_counted_not_written(tmp_path):
+    artifacts = _run(tmp_path, drop_above=0.0)
+    stats = __import__("json").loads(artifacts.stats.read_text())
+    written = len(list(artifacts.dataset.rglob("*.png")))
+    assert stats["attempted"] == 30 and stats["images"] == written and stats["dropped"] == 30 - written
+
+
+def test_bad_inputs_are_refused(tmp_path):
+    generator = ToyGenerator()
+    w, n = _boundaries(d=generator.w_dim + 1)
+    with pytest.raises(DataError, match="another GAN"):
+        generate(tmp_path, generator, ToyAligner(), reference_latents=w, normals=n)
+    w, n = _boundaries(d=generator.w_dim)
+    with pytest.raises(ConfigError, match="min_off"):
+        generate(tmp_path, generator, ToyAligner(), reference_latents=w, normals=n, offsets=OffsetSpec(min_off=3, max_off=1))
+    assert not (tmp_path / "dataset").exists()

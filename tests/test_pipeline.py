@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+
+from exfacegan.data.artifacts import atomic_path
+from exfacegan.errors import ConfigError
+from exfacegan.pipeline import ChunkStore, RunDirectory, StageCache, fingerprint
+
+
+def test_fingerprint_is_stable_and_order_independent():
+    assert fingerprint({"a": 1, "b": [1, 2]}) == fingerprint({"b": [1, 2], "a": 1})
+    assert fingerprint({"a": 1}) != fingerprint({"a": 2})
+
+
+def test_atomic_path_leaves_nothing_when_the_writer_fails(tmp_path):
+    target = tmp_path / "x.npy"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stage_is_visible_only_once_committed(tmp_path):
+    run = RunDirectory(tmp_path)
+    partial = run.begin("fit", "abc", overwrite=False)
+    (partial / "boundaries.npz").write_bytes(b"data")
+    assert run.finished_fingerprint("fit") is None
+    with pytest.raises(ConfigError, match="no finished 'fit'"):
+        run.require("fit")
+    run.commit("fit")
+    assert run.finished_fingerprint("fit") == "abc"
+    assert (run.require("fit") / "boundaries.npz").read_bytes() == b"data"
+    assert not run.partial_dir("fit").exists()
+
+
+def test_other_config_in_same_run_dir_is_refused_unless_overwrite(tmp_path):
+    run = RunDirectory(tmp_path)
+    run.begin("fit", "abc", overwrite=False)
+    run.commit("fit")
+    with pytest.raises(ConfigError, match="overwrite=true"):
+        run.begin("fit", "def", overwrite=False)
+    run.begin("fit", "def", overwrite=True)
+    run.commit("fit")
+    assert run.finished_fingerprint("fit") == "def"
+
+
+def test_partial_stage_resumes_with_same_fingerprint_and_is_discarded_otherwise(tmp_path):
+    run = RunDirectory(tmp_path)
+    (run.begin("sample", "one", overwrite=False) / "chunk").write_text("kept")
+    assert (run.begin("sample", "one", overwrite=False) / "chunk").read_text() == "kept"
+    assert not (run.begin("sample", "two", overwrite=False) / "chunk").exists()
+
+
+def test_cache_shares_finished_stages_between_runs(tmp_path):
+    cache = StageCache(tmp_path / "cache")
+    first = RunDirectory(tmp_path / "a")
+    (first.begin("sample", "fp", overwrite=False) / "latents.npz").write_bytes(b"z")
+    first.commit("sample")
+    cache.store("sample", "fp", first.stage_dir("sample"))
+    second = RunDirectory(tmp_path / "b")
+    assert not cache.fetch("sample", "other", second.stage_dir("sample"))
+    assert cache.fetch("sample", "fp", second.stage_dir("sample"))
+    assert second.finished_fingerprint("sample") == "fp"
+    assert (second.stage_dir("sample") / "latents.npz").read_bytes() == b"z"
+
+
+def test_chunk_store_concatenates_in_order(tmp_path):
+    store = ChunkStore(tmp_path / "chunks")
+    store.save(4, x=np.array([4, 5]))
+    store.save(0, x=np.arange(4))
+    assert store.done(0) and store.done(4) and not store.done(8)
+    np.testing.assert_array_equal(store.concatenate([0, 4])["x"], np.arange(6))
