@@ -94,6 +94,7 @@ def test_dropped_faces_are_counted_not_written(tmp_path):
     artifacts = _run(tmp_path, drop_above=0.0)
     stats = __import__("json").loads(artifacts.stats.read_text())
     written = len(list(artifacts.dataset.rglob("*.png")))
+    assert 0 < written < 30
     assert stats["attempted"] == 30 and stats["images"] == written and stats["dropped"] == 30 - written
 
 

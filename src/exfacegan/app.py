@@ -197,7 +197,7 @@ def run_pipeline(cfg: DictConfig) -> RunDirectory:
     write_provenance(root / "provenance.json", cfg)
     fingerprints = stage_fingerprints(cfg)
     cache = StageCache(Path(cfg.cache_dir)) if cfg.cache_dir else None
-    parts = Components(cfg, resolve_device(cfg.device))
+    parts = Components(cfg, resolve_device(cfg.device, _parallel_job_number(hydra_cfg)))
     logger = _logger(cfg, root, hydra_cfg)
     try:
         for stage in stages:
@@ -232,6 +232,14 @@ def _run_stage(stage: str, cfg: DictConfig, run: RunDirectory, fingerprints: dic
     if cache is not None:
         cache.store(stage_dir, expected, run.stage_dir(stage_dir))
     log.info("%s: done", stage)
+
+
+def _parallel_job_number(hydra_cfg: Any) -> int | None:
+    """The job's number when jobs of a sweep run side by side on this machine (the joblib launcher)."""
+    if hydra_cfg is None or hydra_cfg.mode != RunMode.MULTIRUN:
+        return None
+    launcher = str(hydra_cfg.launcher.get("_target_", ""))
+    return int(hydra_cfg.job.num) if "joblib" in launcher.lower() else None
 
 
 def _logger(cfg: DictConfig, root: Path, hydra_cfg: Any) -> Any:

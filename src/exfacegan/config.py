@@ -15,9 +15,18 @@ KNOWN_STAGES = {"sample", "label", "fit", "generate", "merge", "analyze"}
 BYTES_PER_IMAGE = {"png": 30_000, "jpg": 8_000}
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, job_number: int | None = None) -> torch.device:
+    """`auto` is CUDA when present; with `job_number` (parallel jobs on one machine) job k takes GPU k mod count.
+
+    The GPU is chosen by index rather than through CUDA_VISIBLE_DEVICES, because a launcher's worker
+    process may run several jobs one after another, and CUDA reads that variable only once.
+    """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        if job_number is None:
+            return torch.device("cuda")
+        return torch.device("cuda", job_number % torch.cuda.device_count())
     try:
         device = torch.device(name)
     except RuntimeError as error:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -24,6 +25,8 @@ log = logging.getLogger("exfacegan")
 def main(cfg: DictConfig) -> None:
     from exfacegan.app import run_pipeline
 
+    if os.environ.get("SLURM_PROCID", "0") != "0":  # one log per array task, not per rank
+        logging.getLogger().setLevel(logging.WARNING)
     try:
         run_pipeline(cfg)
     except ExFaceGANError as error:

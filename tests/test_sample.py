@@ -1,0 +1,55 @@
+import numpy as np
+import pytest
+
+from exfacegan.errors import ConfigError
+from exfacegan.gans.latent import Truncation
+from exfacegan.stages.sample import sample
+from toys import ToyAligner, ToyEmbedder, ToyGenerator
+
+
+def _sample(out, batch_size=4, num_samples=10, aligner=None):
+    return sample(out, ToyGenerator(), aligner or ToyAligner(), ToyEmbedder(), num_samples=num_samples,
+                  seed=3, truncation=Truncation(psi=0.5), batch_size=batch_size, preview=4)
+
+
+def test_sample_writes_latents_embeddings_and_preview(tmp_path):
+    artifacts = _sample(tmp_path)
+    latents = np.load(artifacts.latents)
+    assert latents["z"].shape == (10, 8) and latents["w"].shape == (10, 6) and latents["found"].all()
+    embeddings = np.load(artifacts.embeddings)
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1, atol=1e-5)
+    assert artifacts.preview.is_file() and not (tmp_path / "chunks").exists()
+
+
+def test_codes_do_not_depend_on_batching(tmp_path):
+    a = np.load(_sample(tmp_path / "a", batch_size=3).latents)
+    b = np.load(_sample(tmp_path / "b", batch_size=10).latents)
+    np.testing.assert_array_equal(a["z"], b["z"])
+    np.testing.assert_array_equal(a["seeds"], b["seeds"])
+    np.testing.assert_allclose(a["w"], b["w"], atol=1e-6)
+
+
+def test_resume_uses_saved_chunks(tmp_path):
+    first = np.load(_sample(tmp_path / "a").embeddings)
+    from exfacegan.pipeline import ChunkStore
+
+    store = ChunkStore(tmp_path / "b" / "chunks")
+    marker = np.full((4, 16), 7.0, np.float32)
+    store.save(4, z=np.zeros((4, 8), np.float32), w=np.zeros((4, 6), np.float32),
+               seeds=np.arange(4), found=np.ones(4, bool), embeddings=marker)
+    resumed = np.load(_sample(tmp_path / "b").embeddings)
+    np.testing.assert_array_equal(resumed[4:8], marker)  # the saved chunk was not recomputed
+    np.testing.assert_allclose(resumed[:4], first[:4])
+
+
+def test_faces_not_found_are_marked_and_zeroed(tmp_path):
+    artifacts = _sample(tmp_path, aligner=ToyAligner(drop_above=-0.028))
+    found = np.load(artifacts.latents)["found"]
+    embeddings = np.load(artifacts.embeddings)
+    assert 0 < found.sum() < len(found)
+    assert np.all(embeddings[~found] == 0)
+
+
+def test_too_few_samples_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="num_samples"):
+        _sample(tmp_path, num_samples=1)
