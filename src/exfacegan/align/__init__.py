@@ -1,0 +1,29 @@
+"""Face aligners: images [N, 3, H, W] in [-1, 1] -> (faces [N, 3, 112, 112] in [-1, 1], found bool [N])."""
+
+from exfacegan.align.template import (
+    ARCFACE_TEMPLATE,
+    FACE_SIZE,
+    FFHQTemplateAligner,
+    ResizeAligner,
+    apply_transform,
+    estimate_similarity,
+    ffhq_crop_points,
+    ffhq_to_template,
+    template_points,
+    warp_faces,
+)
+
+
+def __getattr__(name: str):
+    # dlib is imported only when its aligner is asked for.
+    if name == "DlibAligner":
+        from exfacegan.align.dlib_align import DlibAligner
+
+        return DlibAligner
+    raise AttributeError(f"module 'exfacegan.align' has no attribute {name!r}")
+
+
+__all__ = [
+    "ARCFACE_TEMPLATE", "FACE_SIZE", "DlibAligner", "FFHQTemplateAligner", "ResizeAligner", "apply_transform",
+    "estimate_similarity", "ffhq_crop_points", "ffhq_to_template", "template_points", "warp_faces",
+]

@@ -1,0 +1,25 @@
+"""Face embedders: images [N, 3, H, W] (uint8 or [-1, 1] RGB) -> L2-normalised float32 [N, embedding_dim]."""
+
+from exfacegan.embedders.arcface import (
+    IResNetEmbedder,
+    load_iresnet_embedder,
+    load_iresnet_state,
+    random_iresnet_embedder,
+    read_state_dict,
+)
+from exfacegan.embedders.iresnet import ARCHITECTURES, IBasicBlock, IResNet, iresnet
+
+
+def __getattr__(name: str):
+    # dlib is imported only when its embedder is asked for.
+    if name == "DlibEmbedder":
+        from exfacegan.embedders.dlib_resnet import DlibEmbedder
+
+        return DlibEmbedder
+    raise AttributeError(f"module 'exfacegan.embedders' has no attribute {name!r}")
+
+
+__all__ = [
+    "ARCHITECTURES", "DlibEmbedder", "IBasicBlock", "IResNet", "IResNetEmbedder", "iresnet", "load_iresnet_embedder",
+    "load_iresnet_state", "random_iresnet_embedder", "read_state_dict",
+]
