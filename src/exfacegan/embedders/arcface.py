@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from exfacegan.embedders.iresnet import ARCHITECTURES, IResNet, iresnet
+from exfacegan.embedders.iresnet import IResNet, iresnet
 from exfacegan.embedders.preprocess import to_unit_range
 from exfacegan.errors import CheckpointError, ConfigError
 
@@ -55,7 +55,7 @@ def read_state_dict(checkpoint: str | Path) -> dict[str, torch.Tensor]:
     """The tensors of a `.pth` backbone checkpoint, unwrapped and without a `module.` prefix."""
     path = Path(checkpoint).expanduser()
     if not path.is_file():
-        raise CheckpointError(f"embedder checkpoint {path} does not exist; set embedder.network.checkpoint=/path/to/backbone.pth")
+        raise CheckpointError(f"embedder checkpoint {path} does not exist; set embedder.checkpoint=/path/to/backbone.pth")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for corrupt or refused files
@@ -92,24 +92,28 @@ def load_iresnet_state(network: IResNet, state: Mapping[str, torch.Tensor], sour
             f"{source} does not fit IResNet(layers={list(network.layers)}, num_features={network.num_features}): "
             + "; ".join(problems) + " - check the architecture (embedder.network.arch) and the checkpoint"
         )
-    network.load_state_dict({**expected, **{k: v for k, v in state.items()}}, strict=True)
+    network.load_state_dict({**expected, **state}, strict=True)
+
+
+def _build(arch: str | Sequence[int], num_features: int) -> IResNet:
+    return iresnet(arch, num_features=num_features) if isinstance(arch, str) else IResNet(list(arch), num_features)
 
 
 def load_iresnet_embedder(
-    arch: str,
+    arch: str | Sequence[int],
     checkpoint: str | Path,
     device: str | torch.device = "cpu",
     precision: str = "fp32",
     num_features: int | None = None,
 ) -> IResNetEmbedder:
-    """An IResNetEmbedder (iresnet18/34/50/100/200) with weights from a `.pth` state dict.
+    """An IResNetEmbedder (iresnet18/34/50/100/200, or block counts per stage) with weights from a `.pth`.
 
     num_features defaults to the checkpoint's embedding size (512 for the public models).
     """
     state = read_state_dict(checkpoint)
     if num_features is None:
         num_features = int(state["features.weight"].shape[0]) if "features.weight" in state else 512
-    network = iresnet(arch, num_features=num_features)
+    network = _build(arch, num_features)
     load_iresnet_state(network, state, source=f"checkpoint {checkpoint}")
     return IResNetEmbedder(network, precision).to(device)
 
@@ -124,14 +128,11 @@ def random_iresnet_embedder(
     """An iresnet with random weights from `seed` (not a face model): for smoke runs and tests."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if isinstance(arch, str):
-            network = iresnet(arch, num_features=num_features)
-        else:
-            network = IResNet(list(arch), num_features=num_features)
+        network = _build(arch, num_features)
     return IResNetEmbedder(network, precision).to(device)
 
 
 __all__ = [
-    "ARCHITECTURES", "INPUT_SIZE", "IResNetEmbedder", "load_iresnet_embedder", "load_iresnet_state",
+    "INPUT_SIZE", "IResNetEmbedder", "load_iresnet_embedder", "load_iresnet_state",
     "random_iresnet_embedder", "read_state_dict",
 ]
