@@ -1,0 +1,64 @@
+"""Throughput of the face side: aligners (FFHQ template, dlib) and embedders (iresnet50, dlib).
+
+    python benchmarks/bench_faces.py [--device cpu|cuda] [--threads 2] [--repeats 3]
+
+Prints images per second for each part; weights are random (speed does not depend on them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from exfacegan.align import DlibAligner, FFHQTemplateAligner
+from exfacegan.embedders import DlibEmbedder, IResNetEmbedder, iresnet
+
+
+def _rate(run: Callable[[], object], count: int, repeats: int, device: torch.device) -> float:
+    run()  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        run()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return count * repeats / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    from skimage.data import astronaut
+
+    photo = torch.from_numpy(astronaut()).permute(2, 0, 1)[None].float() / 127.5 - 1
+    photos = F.interpolate(photo, size=(1024, 1024), mode="bilinear").expand(8, -1, -1, -1).contiguous().to(device)
+    ffhq = FFHQTemplateAligner().to(device)
+    print(f"device {device}, {args.threads} threads")
+    print(f"align ffhq_template, 8 x 1024^2: {_rate(lambda: ffhq(photos), 8, args.repeats, device):8.1f} img/s")
+    for detect_size in (320, None):
+        dlib_aligner = DlibAligner(detect_size=detect_size).to(device)
+        rate = _rate(lambda: dlib_aligner(photos[:2]), 2, 1, device)
+        found = int(dlib_aligner(photos[:2])[1].sum())
+        print(f"align dlib (hog, detect_size={detect_size}), 1024^2: {rate:8.2f} img/s ({found}/2 faces found)")
+    faces, _ = DlibAligner(detect_size=320)(photos)
+    dlib_embedder = DlibEmbedder()
+    print(f"embed dlib, 8 faces: {_rate(lambda: dlib_embedder(faces), 8, 1, device):8.1f} img/s")
+    for precision in ("fp32", "fp16", "bf16") if device.type == "cuda" else ("fp32",):
+        embedder = IResNetEmbedder(iresnet("iresnet50"), precision).to(device)
+        batch = faces.expand(64 if device.type == "cuda" else 8, -1, -1, -1).contiguous()
+        rate = _rate(lambda: embedder(batch), len(batch), args.repeats, device)
+        print(f"embed iresnet50 {precision}, batch {len(batch)}: {rate:8.1f} img/s")
+
+
+if __name__ == "__main__":
+    main()
