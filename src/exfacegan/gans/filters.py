@@ -1,0 +1,146 @@
+"""Alias-free resampling for StyleGAN3: low-pass filter design and the filtered leaky ReLU.
+
+The filtered leaky ReLU upsamples, applies bias/leaky ReLU/gain/clamp at the higher rate and
+downsamples again. Done naively (insert zeros, then a large convolution) it dominates the
+cost of StyleGAN3 synthesis. Here the upsampling is one strided transposed convolution (the
+polyphase form: no multiplications by inserted zeros), its cropping is folded into the
+transposed convolution's padding, the activation runs in place, gain is folded into the
+downsampling filter, and the downsampling is one strided depthwise convolution, all of which
+oneDNN runs fastest in channels-last layout. Large intermediates are processed in channel
+chunks to bound peak memory.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.signal
+import scipy.special
+import torch
+import torch.nn.functional as F
+
+# Upper bound on the upsampled intermediate of one filtered_lrelu call; above it the channels
+# are processed in chunks (the op is depthwise, so chunks are independent).
+TMP_BUDGET_BYTES = 512 * 2**20
+
+
+def design_lowpass_filter(
+    numtaps: int, cutoff: float, width: float, fs: float, radial: bool = False
+) -> torch.Tensor | None:
+    """Kaiser-windowed low-pass FIR filter, as StyleGAN3 designs it.
+
+    Separable: a 1-D `scipy.signal.firwin` filter [numtaps]. Radial: a 2-D jinc-based filter
+    [numtaps, numtaps] windowed by the outer product of a Kaiser window and normalised to unit
+    sum. One tap means the identity, returned as None.
+    """
+    if numtaps < 1:
+        raise ValueError(f"numtaps must be at least 1, got {numtaps}")
+    if numtaps == 1:
+        return None
+    if not radial:
+        taps = scipy.signal.firwin(numtaps=numtaps, cutoff=cutoff, width=width, fs=fs)
+        return torch.as_tensor(taps, dtype=torch.float32)
+    coords = (np.arange(numtaps) - (numtaps - 1) / 2) / fs
+    radius = np.hypot(*np.meshgrid(coords, coords))
+    taps = scipy.special.j1(2 * cutoff * (np.pi * radius)) / (np.pi * radius)
+    beta = scipy.signal.kaiser_beta(scipy.signal.kaiser_atten(numtaps, width / (fs / 2)))
+    window = np.kaiser(numtaps, beta)
+    taps *= np.outer(window, window)
+    taps /= np.sum(taps)
+    return torch.as_tensor(taps, dtype=torch.float32)
+
+
+def _as_2d(taps: torch.Tensor | None, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    if taps is None:
+        return torch.ones(1, 1, dtype=dtype, device=device)
+    taps = taps.to(device=device, dtype=dtype)
+    return torch.outer(taps, taps) if taps.ndim == 1 else taps
+
+
+def _crop_or_pad(x: torch.Tensor, top: int, bottom: int, left: int, right: int) -> torch.Tensor:
+    """Remove (positive) or add zero (negative) rows/columns at each border."""
+    if min(top, bottom, left, right) < 0:
+        return F.pad(x, [-left, -right, -top, -bottom])
+    return x[:, :, top : x.shape[2] - bottom, left : x.shape[3] - right]
+
+
+def _filtered_lrelu_chunk(
+    x: torch.Tensor,
+    up_kernel: torch.Tensor,
+    down_kernel: torch.Tensor,
+    up: int,
+    down: int,
+    padding: tuple[int, int, int, int],
+    slope: float,
+    clamp: float | None,
+) -> torch.Tensor:
+    channels = x.shape[1]
+    pad_x0, pad_x1, pad_y0, pad_y1 = padding
+    taps_y, taps_x = up_kernel.shape
+    # Upsampling as a transposed convolution o[n] = sum_k f[k] z[n - k] (z = zero-inserted x);
+    # the wanted upfirdn output is o[n + taps - 1 - pad_lo]: crop `start` at the front, `tail`
+    # at the back. The symmetric part of the crop is the transposed convolution's padding.
+    crops = []
+    for size, taps, pad_lo, pad_hi in ((x.shape[2], taps_y, pad_y0, pad_y1), (x.shape[3], taps_x, pad_x0, pad_x1)):
+        start = taps - 1 - pad_lo
+        full = (size - 1) * up + taps
+        wanted = size * up + pad_lo + pad_hi - taps + 1
+        crops.append((start, full - start - wanted))
+    sym = [max(0, min(start, tail)) for start, tail in crops]
+    weight = up_kernel[None, None].expand(channels, 1, taps_y, taps_x)
+    tmp = F.conv_transpose2d(x, weight, stride=up, padding=tuple(sym), groups=channels)
+    tmp = _crop_or_pad(
+        tmp, crops[0][0] - sym[0], crops[0][1] - sym[0], crops[1][0] - sym[1], crops[1][1] - sym[1]
+    )
+    if slope != 1:
+        F.leaky_relu_(tmp, slope)
+    if clamp is not None:
+        tmp.clamp_(-clamp, clamp)
+    weight = down_kernel[None, None].expand(channels, 1, *down_kernel.shape)
+    return F.conv2d(tmp, weight, stride=down, groups=channels)
+
+
+def filtered_lrelu(
+    x: torch.Tensor,
+    up_filter: torch.Tensor | None,
+    down_filter: torch.Tensor | None,
+    bias: torch.Tensor | None = None,
+    up: int = 1,
+    down: int = 1,
+    padding: tuple[int, int, int, int] = (0, 0, 0, 0),
+    gain: float = float(np.sqrt(2)),
+    slope: float = 0.2,
+    clamp: float | None = None,
+    tmp_budget_bytes: int = TMP_BUDGET_BYTES,
+) -> torch.Tensor:
+    """bias -> upsample (filter `up_filter`, factor `up`, padding [x0, x1, y0, y1]) ->
+    leaky ReLU (`slope`) -> * `gain` -> clamp to [-clamp, clamp] -> downsample (`down_filter`,
+    factor `down`), equal to StyleGAN3's `filtered_lrelu`. Filters are 1-D (separable) or 2-D;
+    None is the identity. `x` is [N, C, H, W]; channels-last input is fastest on the CPU.
+    """
+    if bias is not None:
+        x = x + bias.to(x.dtype).view(1, -1, 1, 1)
+    if up == 1 and down == 1 and up_filter is None and down_filter is None and not any(padding):
+        # The ToRGB case: a pointwise activation only.
+        x = F.leaky_relu(x, slope) if slope != 1 else x
+        x = x * gain if gain != 1 else x
+        return x.clamp(-clamp, clamp) if clamp is not None else x
+    up_kernel = _as_2d(up_filter, x.dtype, x.device) * (up**2)
+    # Flipped because upfirdn2d convolves (not correlates); gain moves behind the clamp.
+    down_kernel = _as_2d(down_filter, x.dtype, x.device).flip([0, 1]) * gain
+    clamp = None if clamp is None else clamp / gain
+    # The upsampling kernel stays unflipped: a transposed convolution already convolves.
+    args = (up_kernel, down_kernel, up, down, tuple(int(p) for p in padding), slope, clamp)
+    batch, channels, height, width = x.shape
+    tmp_bytes = batch * channels * (height * up + padding[2] + padding[3]) * (width * up + padding[0] + padding[1])
+    tmp_bytes *= x.element_size()
+    if tmp_bytes <= tmp_budget_bytes or channels == 1:
+        return _filtered_lrelu_chunk(x, *args)
+    chunk = max(1, int(channels * tmp_budget_bytes // tmp_bytes))
+    first = _filtered_lrelu_chunk(x[:, :chunk], *args)
+    memory_format = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    out = torch.empty((batch, channels, *first.shape[2:]), dtype=x.dtype, device=x.device, memory_format=memory_format)
+    out[:, :chunk] = first
+    del first
+    for start in range(chunk, channels, chunk):
+        out[:, start : start + chunk] = _filtered_lrelu_chunk(x[:, start : start + chunk], *args)
+    return out

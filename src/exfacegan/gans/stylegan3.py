@@ -1,0 +1,394 @@
+"""StyleGAN3 generator (configs T and R) in plain PyTorch.
+
+Computes what NVIDIA's `training.networks_stylegan3.Generator` computes, with the same
+constructor arguments (a pickle's `init_kwargs`) and the same `state_dict()` keys, but runs
+its filtered leaky ReLU through `exfacegan.gans.filters` (polyphase, channels-last, in place)
+and its modulated convolutions as one ordinary convolution per layer (styles applied to the
+activations, demodulation to the output), which is what makes it fast on a CPU.
+
+`precision` ("fp32", "fp16", "bf16") selects the dtype of the layers that the official code
+runs in fp16 (the `num_fp16_res` highest resolutions); reduced precision applies on CUDA only,
+as in the official code, and the CPU always computes in fp32.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from exfacegan.errors import ConfigError, DataError
+from exfacegan.gans.filters import design_lowpass_filter, filtered_lrelu
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _normalize_2nd_moment(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    return x * (x.square().mean(1, keepdim=True) + eps).rsqrt()
+
+
+class FullyConnectedLayer(nn.Module):
+    """Linear layer with equalised learning rate (weights scaled at run time)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        activation: str = "linear",
+        lr_multiplier: float = 1.0,
+        weight_init: float = 1.0,
+        bias_init: float | list[float] = 0.0,
+    ) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.activation = activation
+        self.weight = nn.Parameter(torch.randn(out_features, in_features) * (weight_init / lr_multiplier))
+        bias = np.broadcast_to(np.asarray(bias_init, dtype=np.float32), [out_features]) / lr_multiplier
+        self.bias = nn.Parameter(torch.from_numpy(bias.astype(np.float32)))
+        self.weight_gain = lr_multiplier / np.sqrt(in_features)
+        self.bias_gain = lr_multiplier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.addmm(self.bias.to(x.dtype) * self.bias_gain, x, (self.weight.to(x.dtype) * self.weight_gain).t())
+        if self.activation == "lrelu":
+            x = F.leaky_relu(x, 0.2) * np.sqrt(2)
+        return x
+
+
+class MappingNetwork(nn.Module):
+    def __init__(
+        self,
+        z_dim: int,
+        c_dim: int,
+        w_dim: int,
+        num_ws: int,
+        num_layers: int = 2,
+        lr_multiplier: float = 0.01,
+        w_avg_beta: float = 0.998,
+        freeze_layers: int = 0,
+        freeze_embed: bool = False,
+    ) -> None:
+        super().__init__()
+        del freeze_layers, freeze_embed  # training-only options of the official code
+        self.z_dim, self.c_dim, self.w_dim, self.num_ws = z_dim, c_dim, w_dim, num_ws
+        self.num_layers = num_layers
+        self.w_avg_beta = w_avg_beta
+        self.embed = FullyConnectedLayer(c_dim, w_dim) if c_dim > 0 else None
+        features = [z_dim + (w_dim if c_dim > 0 else 0)] + [w_dim] * num_layers
+        for idx in range(num_layers):
+            layer = FullyConnectedLayer(features[idx], features[idx + 1], activation="lrelu", lr_multiplier=lr_multiplier)
+            setattr(self, f"fc{idx}", layer)
+        self.register_buffer("w_avg", torch.zeros(w_dim))
+
+    def forward(
+        self,
+        z: torch.Tensor,
+        c: torch.Tensor | None = None,
+        truncation_psi: float = 1,
+        truncation_cutoff: int | None = None,
+        update_emas: bool = False,
+    ) -> torch.Tensor:
+        if z.ndim != 2 or z.shape[1] != self.z_dim:
+            raise DataError(f"z has shape {tuple(z.shape)}, the generator expects [N, {self.z_dim}]")
+        x = _normalize_2nd_moment(z.to(torch.float32))
+        if self.c_dim > 0:
+            if c is None or c.ndim != 2 or c.shape != (z.shape[0], self.c_dim):
+                got = None if c is None else tuple(c.shape)
+                raise DataError(f"c has shape {got}, this conditional generator expects [{z.shape[0]}, {self.c_dim}]")
+            x = torch.cat([x, _normalize_2nd_moment(self.embed(c.to(torch.float32)))], dim=1)
+        for idx in range(self.num_layers):
+            x = getattr(self, f"fc{idx}")(x)
+        if update_emas:
+            self.w_avg.copy_(x.detach().mean(dim=0).lerp(self.w_avg, self.w_avg_beta))
+        x = x.unsqueeze(1).repeat(1, self.num_ws, 1)
+        if truncation_psi != 1:
+            cutoff = self.num_ws if truncation_cutoff is None else truncation_cutoff
+            x[:, :cutoff] = self.w_avg.lerp(x[:, :cutoff], truncation_psi)
+        return x
+
+
+class SynthesisInput(nn.Module):
+    """Fourier features on a grid, rotated/translated by an affine of w and by `transform`."""
+
+    def __init__(self, w_dim: int, channels: int, size: int, sampling_rate: float, bandwidth: float) -> None:
+        super().__init__()
+        self.w_dim, self.channels = w_dim, channels
+        self.size = np.broadcast_to(np.asarray(size), [2])
+        self.sampling_rate, self.bandwidth = sampling_rate, bandwidth
+        # Frequencies uniform on a disc of radius `bandwidth`, random phases.
+        freqs = torch.randn(channels, 2)
+        radii = freqs.square().sum(dim=1, keepdim=True).sqrt()
+        freqs = freqs / (radii * radii.square().exp().pow(0.25)) * bandwidth
+        self.weight = nn.Parameter(torch.randn(channels, channels))
+        self.affine = FullyConnectedLayer(w_dim, 4, weight_init=0, bias_init=[1, 0, 0, 0])
+        self.register_buffer("transform", torch.eye(3))  # user-set inverse transform of the image
+        self.register_buffer("freqs", freqs)
+        self.register_buffer("phases", torch.rand(channels) - 0.5)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        batch = w.shape[0]
+        t = self.affine(w)  # (cos, sin, tx, ty) up to scale
+        t = t / t[:, :2].norm(dim=1, keepdim=True)
+        rotation = torch.eye(3, device=w.device).repeat(batch, 1, 1)
+        rotation[:, 0, 0], rotation[:, 0, 1] = t[:, 0], -t[:, 1]
+        rotation[:, 1, 0], rotation[:, 1, 1] = t[:, 1], t[:, 0]
+        translation = torch.eye(3, device=w.device).repeat(batch, 1, 1)
+        translation[:, 0, 2], translation[:, 1, 2] = -t[:, 2], -t[:, 3]
+        transforms = rotation @ translation @ self.transform.unsqueeze(0)
+
+        freqs = self.freqs.unsqueeze(0)
+        phases = self.phases.unsqueeze(0) + (freqs @ transforms[:, :2, 2:]).squeeze(2)
+        freqs = freqs @ transforms[:, :2, :2]
+        # Fade out frequencies that the user transform pushed out of band.
+        amplitudes = (1 - (freqs.norm(dim=2) - self.bandwidth) / (self.sampling_rate / 2 - self.bandwidth)).clamp(0, 1)
+
+        theta = torch.eye(2, 3, device=w.device)
+        theta[0, 0] = 0.5 * self.size[0] / self.sampling_rate
+        theta[1, 1] = 0.5 * self.size[1] / self.sampling_rate
+        grid = F.affine_grid(theta.unsqueeze(0), [1, 1, int(self.size[1]), int(self.size[0])], align_corners=False)
+        x = (grid.unsqueeze(3) @ freqs.permute(0, 2, 1).unsqueeze(1).unsqueeze(2)).squeeze(3)  # [N, H, W, C]
+        x = torch.sin((x + phases.unsqueeze(1).unsqueeze(2)) * (2 * np.pi))
+        x = x * amplitudes.unsqueeze(1).unsqueeze(2)
+        x = x @ (self.weight / np.sqrt(self.channels)).t()
+        return x.permute(0, 3, 1, 2)  # NCHW view of channels-last memory
+
+
+class SynthesisLayer(nn.Module):
+    """Modulated convolution followed by the filtered leaky ReLU (or the ToRGB layer)."""
+
+    def __init__(
+        self,
+        w_dim: int,
+        is_torgb: bool,
+        is_critically_sampled: bool,
+        use_fp16: bool,
+        in_channels: int,
+        out_channels: int,
+        in_size: int,
+        out_size: int,
+        in_sampling_rate: int,
+        out_sampling_rate: int,
+        in_cutoff: float,
+        out_cutoff: float,
+        in_half_width: float,
+        out_half_width: float,
+        conv_kernel: int = 3,
+        filter_size: int = 6,
+        lrelu_upsampling: int = 2,
+        use_radial_filters: bool = False,
+        conv_clamp: float | None = 256,
+        magnitude_ema_beta: float = 0.999,
+    ) -> None:
+        super().__init__()
+        self.is_torgb, self.use_fp16 = is_torgb, use_fp16
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.in_size, self.out_size = in_size, out_size
+        self.conv_kernel = 1 if is_torgb else conv_kernel
+        self.conv_clamp = conv_clamp
+        self.magnitude_ema_beta = magnitude_ema_beta
+        tmp_sampling_rate = max(in_sampling_rate, out_sampling_rate) * (1 if is_torgb else lrelu_upsampling)
+
+        self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, self.conv_kernel, self.conv_kernel))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        self.register_buffer("magnitude_ema", torch.ones([]))
+
+        self.up_factor = int(np.rint(tmp_sampling_rate / in_sampling_rate))
+        self.down_factor = int(np.rint(tmp_sampling_rate / out_sampling_rate))
+        if in_sampling_rate * self.up_factor != tmp_sampling_rate or out_sampling_rate * self.down_factor != tmp_sampling_rate:
+            raise ConfigError("StyleGAN3 sampling rates must differ by integer factors; check lrelu_upsampling")
+        up_taps = filter_size * self.up_factor if self.up_factor > 1 and not is_torgb else 1
+        down_taps = filter_size * self.down_factor if self.down_factor > 1 and not is_torgb else 1
+        self.register_buffer(
+            "up_filter", design_lowpass_filter(up_taps, in_cutoff, in_half_width * 2, tmp_sampling_rate)
+        )
+        radial = use_radial_filters and not is_critically_sampled
+        self.register_buffer(
+            "down_filter", design_lowpass_filter(down_taps, out_cutoff, out_half_width * 2, tmp_sampling_rate, radial)
+        )
+        # Padding that yields out_size samples, centred as in the paper's Appendix C.3.
+        pad_total = (out_size - 1) * self.down_factor + 1
+        pad_total -= (in_size + self.conv_kernel - 1) * self.up_factor
+        pad_total += up_taps + down_taps - 2
+        pad_lo = (pad_total + self.up_factor) // 2
+        pad_hi = pad_total - pad_lo
+        self.padding = (int(pad_lo), int(pad_hi), int(pad_lo), int(pad_hi))
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor, dtype: torch.dtype = torch.float32, update_emas: bool = False) -> torch.Tensor:
+        if update_emas:
+            magnitude = x.detach().to(torch.float32).square().mean()
+            self.magnitude_ema.copy_(magnitude.lerp(self.magnitude_ema, self.magnitude_ema_beta))
+        styles = self.affine(w)
+        weight = self.weight
+        if self.is_torgb:
+            styles = styles * (1 / np.sqrt(self.in_channels * self.conv_kernel**2))
+        else:
+            # Pre-normalisation as in the official code (the style scale spans the whole batch).
+            weight = weight * weight.square().mean([1, 2, 3], keepdim=True).rsqrt()
+            styles = styles * styles.square().mean().rsqrt()
+        # conv(x, w * s * d * g) == d * conv(x * s * g, w): styles scale the input channels,
+        # demodulation coefficients the output channels; one batched convolution remains.
+        in_scale = styles * self.magnitude_ema.rsqrt()
+        x = x.to(dtype) * in_scale.to(dtype).unsqueeze(2).unsqueeze(3)
+        x = F.conv2d(x, weight.to(dtype), padding=self.conv_kernel - 1)
+        bias = self.bias.to(dtype).view(1, -1, 1, 1)
+        if self.is_torgb:
+            x = x.add_(bias)
+        else:
+            demod = (styles.square() @ weight.square().sum([2, 3]).t() + 1e-8).rsqrt()
+            x = torch.addcmul(bias, x, demod.to(dtype).unsqueeze(2).unsqueeze(3))
+        return filtered_lrelu(
+            x,
+            self.up_filter,
+            self.down_filter,
+            up=self.up_factor,
+            down=self.down_factor,
+            padding=self.padding,
+            gain=1 if self.is_torgb else float(np.sqrt(2)),
+            slope=1 if self.is_torgb else 0.2,
+            clamp=self.conv_clamp,
+        )
+
+
+class SynthesisNetwork(nn.Module):
+    def __init__(
+        self,
+        w_dim: int,
+        img_resolution: int,
+        img_channels: int,
+        channel_base: int = 32768,
+        channel_max: int = 512,
+        num_layers: int = 14,
+        num_critical: int = 2,
+        first_cutoff: float = 2,
+        first_stopband: float = 2**2.1,
+        last_stopband_rel: float = 2**0.3,
+        margin_size: int = 10,
+        output_scale: float = 0.25,
+        num_fp16_res: int = 4,
+        precision: str = "fp32",
+        channels_last: bool = True,
+        **layer_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        allowed = {"conv_kernel", "filter_size", "lrelu_upsampling", "use_radial_filters", "conv_clamp", "magnitude_ema_beta"}
+        unknown = sorted(set(layer_kwargs) - allowed)
+        if unknown:
+            raise ConfigError(f"unknown StyleGAN3 synthesis options {unknown}; allowed extra options: {sorted(allowed)}")
+        self.w_dim, self.img_resolution, self.img_channels = w_dim, img_resolution, img_channels
+        self.num_ws = num_layers + 2
+        self.num_layers, self.num_fp16_res = num_layers, num_fp16_res
+        self.output_scale = output_scale
+        self.precision = precision
+        self.channels_last = channels_last
+
+        # Geometric progression of cutoffs and minimum stopbands up to the critically sampled layers.
+        last_cutoff = img_resolution / 2
+        last_stopband = last_cutoff * last_stopband_rel
+        exponents = np.minimum(np.arange(num_layers + 1) / (num_layers - num_critical), 1)
+        cutoffs = first_cutoff * (last_cutoff / first_cutoff) ** exponents
+        stopbands = first_stopband * (last_stopband / first_stopband) ** exponents
+        sampling_rates = np.exp2(np.ceil(np.log2(np.minimum(stopbands * 2, img_resolution))))
+        half_widths = np.maximum(stopbands, sampling_rates / 2) - cutoffs
+        sizes = sampling_rates + margin_size * 2
+        sizes[-2:] = img_resolution
+        channels = np.rint(np.minimum((channel_base / 2) / cutoffs, channel_max))
+        channels[-1] = img_channels
+
+        self.input = SynthesisInput(w_dim, int(channels[0]), int(sizes[0]), sampling_rates[0], cutoffs[0])
+        self.layer_names: list[str] = []
+        for idx in range(num_layers + 1):
+            prev = max(idx - 1, 0)
+            layer = SynthesisLayer(
+                w_dim=w_dim,
+                is_torgb=idx == num_layers,
+                is_critically_sampled=idx >= num_layers - num_critical,
+                use_fp16=bool(sampling_rates[idx] * (2**num_fp16_res) > img_resolution),
+                in_channels=int(channels[prev]),
+                out_channels=int(channels[idx]),
+                in_size=int(sizes[prev]),
+                out_size=int(sizes[idx]),
+                in_sampling_rate=int(sampling_rates[prev]),
+                out_sampling_rate=int(sampling_rates[idx]),
+                in_cutoff=cutoffs[prev],
+                out_cutoff=cutoffs[idx],
+                in_half_width=half_widths[prev],
+                out_half_width=half_widths[idx],
+                **layer_kwargs,
+            )
+            name = f"L{idx}_{layer.out_size}_{layer.out_channels}"
+            setattr(self, name, layer)
+            self.layer_names.append(name)
+
+    @property
+    def precision(self) -> str:
+        return self._precision
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        if value not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {sorted(PRECISIONS)}, got {value!r}")
+        self._precision = value
+
+    def forward(self, ws: torch.Tensor, noise_mode: str = "const", force_fp32: bool = False, update_emas: bool = False) -> torch.Tensor:
+        if noise_mode not in ("const", "random", "none"):
+            raise DataError(f"noise_mode must be 'const', 'random' or 'none', got {noise_mode!r}")
+        if ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.w_dim):
+            raise DataError(f"ws has shape {tuple(ws.shape)}, the generator expects [N, {self.num_ws}, {self.w_dim}]")
+        reduced = PRECISIONS[self.precision]
+        use_reduced = reduced != torch.float32 and ws.device.type == "cuda" and not force_fp32
+        ws = ws.to(torch.float32).unbind(dim=1)
+        x = self.input(ws[0])
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        x = x.contiguous(memory_format=memory_format)
+        for name, w in zip(self.layer_names, ws[1:]):
+            layer = getattr(self, name)
+            dtype = reduced if (use_reduced and layer.use_fp16) else torch.float32
+            x = layer(x, w, dtype=dtype, update_emas=update_emas)
+        if self.output_scale != 1:
+            x = x * self.output_scale
+        return x.to(torch.float32).contiguous()
+
+
+class Generator(nn.Module):
+    """StyleGAN3 generator; arguments are the official `init_kwargs` plus `precision` and
+    `channels_last` (speed options that leave the result unchanged in fp32)."""
+
+    def __init__(
+        self,
+        z_dim: int,
+        c_dim: int,
+        w_dim: int,
+        img_resolution: int,
+        img_channels: int,
+        mapping_kwargs: dict[str, Any] | None = None,
+        **synthesis_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        self.z_dim, self.c_dim, self.w_dim = z_dim, c_dim, w_dim
+        self.img_resolution, self.img_channels = img_resolution, img_channels
+        self.synthesis = SynthesisNetwork(w_dim=w_dim, img_resolution=img_resolution, img_channels=img_channels, **synthesis_kwargs)
+        self.num_ws = self.synthesis.num_ws
+        mapping_kwargs = dict(mapping_kwargs or {})
+        allowed = {"num_layers", "lr_multiplier", "w_avg_beta", "freeze_layers", "freeze_embed"}
+        unknown = sorted(set(mapping_kwargs) - allowed)
+        if unknown:
+            raise ConfigError(f"unknown StyleGAN3 mapping options {unknown}; allowed: {sorted(allowed)}")
+        self.mapping = MappingNetwork(z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, num_ws=self.num_ws, **mapping_kwargs)
+
+    def forward(
+        self,
+        z: torch.Tensor,
+        c: torch.Tensor | None = None,
+        truncation_psi: float = 1,
+        truncation_cutoff: int | None = None,
+        noise_mode: str = "const",
+        update_emas: bool = False,
+        **synthesis_kwargs: Any,
+    ) -> torch.Tensor:
+        ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff, update_emas=update_emas)
+        return self.synthesis(ws, noise_mode=noise_mode, update_emas=update_emas, **synthesis_kwargs)
