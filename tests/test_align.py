@@ -185,3 +185,16 @@ def test_dlib_embedder_tells_the_astronaut_from_other_faces(astronaut, dlib_alig
     assert similarity[1] > similarity[2:].max() + 0.05
     as_uint8 = ((faces[:1] + 1) * 127.5).round().to(torch.uint8)
     assert torch.allclose(embedder(as_uint8), embedder((as_uint8.float() - 127.5) / 127.5), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_dlib_cnn_detector_finds_the_same_landmarks(astronaut, dlib_aligner):
+    from exfacegan.align import DlibAligner
+
+    noise = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    points, found = DlibAligner(detector="cnn").landmarks(astronaut)
+    assert found.tolist() == [True]
+    assert (points - dlib_aligner.landmarks(astronaut)[0]).abs().max() < 3.0
+    assert DlibAligner(detector="cnn").landmarks(noise)[1].tolist() == [False]
+    with pytest.raises(ConfigError, match="detector"):
+        DlibAligner(detector="mtcnn")

@@ -19,8 +19,8 @@ from exfacegan.align.dlib_align import dlib_model_path
 from exfacegan.embedders.preprocess import to_uint8_hwc, to_unit_range
 from exfacegan.errors import ConfigError
 
-# Where dlib's frontal face detector boxes a face aligned to the 112x112 ArcFace template
-# (left, top, right, bottom), measured on detected faces mapped into the template.
+# About where dlib's frontal face detector boxes a face aligned to the 112x112 ArcFace template
+# (left, top, right, bottom): detections mapped into the template; it only seeds the landmark search.
 TEMPLATE_FACE_BOX = (16, 36, 96, 116)
 CHIP_SIZE = 150
 
@@ -50,10 +50,9 @@ class DlibEmbedder(nn.Module):
         left, top, right, bottom = TEMPLATE_FACE_BOX
         sx, sy = width / 112, height / 112
         box = dlib.rectangle(round(left * sx), round(top * sy), round(right * sx), round(bottom * sy))
-        return np.stack([
-            dlib.get_face_chip(image, self._predictor(image, box), size=CHIP_SIZE, padding=self.padding)
-            for image in pixels
-        ]) if len(pixels) else np.zeros((0, CHIP_SIZE, CHIP_SIZE, 3), np.uint8)
+        chips = [dlib.get_face_chip(image, self._predictor(image, box), size=CHIP_SIZE, padding=self.padding)
+                 for image in pixels]
+        return np.stack(chips) if chips else np.zeros((0, CHIP_SIZE, CHIP_SIZE, 3), np.uint8)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         chips = self.chips(images)
