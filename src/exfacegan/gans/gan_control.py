@@ -140,7 +140,8 @@ class ModulatedConv(nn.Module):
             x = F.conv2d(x, weight.to(x.dtype), padding=weight.shape[-1] // 2)
         if self.demodulate:
             demod = torch.rsqrt(styles.square() @ weight.square().sum((2, 3)).T + 1e-8)
-            x = x.mul_(demod[:, :, None, None].to(x.dtype))  # in place: x is this call's own output
+            demod = demod[:, :, None, None].to(x.dtype)
+            x = x * demod if x.requires_grad else x.mul_(demod)  # autograd would need x before the product
         return x
 
 
