@@ -29,10 +29,22 @@ def main(cfg: DictConfig) -> None:
         logging.getLogger().setLevel(logging.WARNING)
     try:
         run_pipeline(cfg)
-    except ExFaceGANError as error:
-        log.error("%s", error)
-        print(f"exfacegan: error: {error}", file=sys.stderr)
+    except Exception as error:
+        cause = user_error(error)
+        if cause is None:
+            raise
+        log.error("%s", cause)
+        print(f"exfacegan: error: {cause}", file=sys.stderr)
         sys.exit(2)
+
+
+def user_error(error: BaseException | None) -> ExFaceGANError | None:
+    """The user-facing error behind `error`, also when Hydra's instantiate has wrapped it."""
+    while error is not None:
+        if isinstance(error, ExFaceGANError):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
 
 
 if __name__ == "__main__":
