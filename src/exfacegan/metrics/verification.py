@@ -1,0 +1,199 @@
+"""Verification scores of a labelled embedding set and the separability metrics computed from them.
+
+Genuine scores: cosine similarity of every same-class pair. Impostor scores: every different-class
+pair, or a seeded uniform sample of distinct such pairs when there are more than `max_impostor_pairs`.
+With `both_sides`, the pairs of classes 2r and 2r+1 (the two sides of one ExFaceGAN boundary) are
+also scored exhaustively as a separate "both-sides" set; they remain impostors for the metrics.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from sklearn.metrics import roc_curve
+
+from exfacegan.errors import DataError
+
+# Elements of one batched similarity block [classes, M, M] (or rows x N): bounds memory to ~64 MB.
+BLOCK_ELEMENTS = 1 << 24
+
+
+class PairScores(NamedTuple):
+    genuine: np.ndarray          # float32 [G]
+    genuine_class: np.ndarray    # int64 [G], the class label of each genuine pair
+    impostor: np.ndarray         # float32 [I]
+    impostor_sampled: bool       # True when `impostor` is a sample of all different-class pairs
+    both_sides: np.ndarray       # float32 [B], pairs of class 2r with class 2r+1 (empty unless asked)
+
+
+def pair_scores(
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    *,
+    max_impostor_pairs: int = 1_000_000,
+    seed: int = 0,
+    both_sides: bool = False,
+) -> PairScores:
+    """Genuine and impostor cosine similarities of L2-normalised `embeddings` [N, D] with class `labels` [N]."""
+    embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+    labels = np.asarray(labels).astype(np.int64)
+    if embeddings.ndim != 2 or labels.shape != (len(embeddings),):
+        raise DataError(f"need embeddings [N, D] and labels [N], got {embeddings.shape} and {labels.shape}")
+    if max_impostor_pairs < 1:
+        raise DataError(f"max_impostor_pairs must be at least 1, got {max_impostor_pairs}")
+    genuine, genuine_class = _genuine_scores(embeddings, labels)
+    impostor, sampled = _impostor_scores(embeddings, labels, max_impostor_pairs, np.random.default_rng(seed))
+    sides = _both_sides_scores(embeddings, labels, max_impostor_pairs, np.random.default_rng(seed + 1)) if both_sides \
+        else np.zeros(0, np.float32)
+    return PairScores(genuine, genuine_class, impostor, sampled, sides)
+
+
+def _class_index(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Classes ordered by size, their sizes, and a padded index matrix [C, max size] (-1 = padding)."""
+    classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    by_size = np.argsort(counts, kind="stable")
+    rank = np.empty_like(by_size)
+    rank[by_size] = np.arange(len(by_size))
+    order = np.lexsort((np.arange(len(labels)), rank[inverse]))  # samples grouped by class, classes by size
+    starts = np.concatenate([[0], np.cumsum(counts[by_size])[:-1]])
+    position = np.arange(len(labels)) - np.repeat(starts, counts[by_size])
+    index = np.full((len(classes), counts.max(initial=0)), -1, dtype=np.int64)
+    index[np.repeat(np.arange(len(classes)), counts[by_size]), position] = order
+    return classes[by_size], counts[by_size], index
+
+
+def _genuine_scores(embeddings: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    classes, counts, index = _class_index(labels)
+    padded = np.concatenate([embeddings, np.zeros((1, embeddings.shape[1]), np.float32)])
+    scores, owners = [], []
+    start = 0
+    while start < len(classes):
+        # Classes are sorted by size: a block holds classes of similar size, so padding stays small.
+        stop = start + 1
+        while stop < len(classes) and (stop - start + 1) * int(counts[stop]) ** 2 <= BLOCK_ELEMENTS:
+            stop += 1
+        size = int(counts[stop - 1])
+        block = index[start:stop, :size]
+        vectors = padded[block]                                   # [c, M, D]; index -1 is the zero row
+        similarity = vectors @ vectors.transpose(0, 2, 1)         # [c, M, M]
+        valid = block >= 0
+        upper = np.triu(np.ones((size, size), bool), k=1)
+        mask = valid[:, :, None] & valid[:, None, :] & upper
+        scores.append(similarity[mask])
+        owners.append(np.repeat(classes[start:stop], mask.sum(axis=(1, 2))))
+        start = stop
+    return np.concatenate(scores).astype(np.float32), np.concatenate(owners)
+
+
+def _impostor_scores(
+    embeddings: np.ndarray, labels: np.ndarray, max_pairs: int, rng: np.random.Generator
+) -> tuple[np.ndarray, bool]:
+    n = len(labels)
+    _, counts = np.unique(labels, return_counts=True)
+    total = (n * n - int((counts.astype(np.int64) ** 2).sum())) // 2
+    if total == 0:
+        return np.zeros(0, np.float32), False
+    if total <= max_pairs:
+        rows = max(1, BLOCK_ELEMENTS // max(n, 1))
+        scores = []
+        for begin in range(0, n, rows):
+            block = slice(begin, begin + rows)
+            similarity = embeddings[block] @ embeddings.T
+            later = np.arange(n)[None, :] > np.arange(begin, min(begin + rows, n))[:, None]
+            scores.append(similarity[later & (labels[block, None] != labels[None, :])])
+        return np.concatenate(scores).astype(np.float32), False
+    first, second = _sample_distinct_pairs(labels, max_pairs, rng)
+    return _rowwise_dot(embeddings, first, second), True
+
+
+def _sample_distinct_pairs(labels: np.ndarray, count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """`count` distinct unordered pairs of different-class samples, uniformly at random."""
+    n = len(labels)
+    keys = np.zeros(0, np.int64)
+    while len(keys) < count:
+        draw = 2 * (count - len(keys)) + 1024
+        a, b = rng.integers(n, size=draw), rng.integers(n, size=draw)
+        keep = labels[a] != labels[b]
+        low, high = np.minimum(a, b)[keep], np.maximum(a, b)[keep]
+        keys = np.unique(np.concatenate([keys, low * n + high]))
+    keys = rng.permutation(keys)[:count]
+    return keys // n, keys % n
+
+
+def _both_sides_scores(embeddings: np.ndarray, labels: np.ndarray, max_pairs: int, rng: np.random.Generator) -> np.ndarray:
+    """Every pair of an image of class 2r with one of class 2r+1 (a seeded sample beyond `max_pairs`)."""
+    even = np.flatnonzero(labels % 2 == 0)
+    partner_index: dict[int, np.ndarray] = {}
+    order = np.argsort(labels, kind="stable")
+    classes, starts, counts = np.unique(labels[order], return_index=True, return_counts=True)
+    for cls, start, size in zip(classes.tolist(), starts.tolist(), counts.tolist()):
+        partner_index[cls] = order[start : start + size]
+    firsts, seconds = [], []
+    for cls in np.unique(labels[even]).tolist():
+        partner = partner_index.get(cls + 1)
+        if partner is None:
+            continue
+        mine = partner_index[cls]
+        firsts.append(np.repeat(mine, len(partner)))
+        seconds.append(np.tile(partner, len(mine)))
+    if not firsts:
+        return np.zeros(0, np.float32)
+    first, second = np.concatenate(firsts), np.concatenate(seconds)
+    if len(first) > max_pairs:
+        pick = rng.choice(len(first), size=max_pairs, replace=False)
+        first, second = first[pick], second[pick]
+    return _rowwise_dot(embeddings, first, second)
+
+
+def _rowwise_dot(embeddings: np.ndarray, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    rows = max(1, BLOCK_ELEMENTS // embeddings.shape[1])
+    return np.concatenate([
+        np.einsum("ij,ij->i", embeddings[first[i : i + rows]], embeddings[second[i : i + rows]])
+        for i in range(0, len(first), rows)
+    ] or [np.zeros(0)]).astype(np.float32)
+
+
+def verification_metrics(genuine: np.ndarray, impostor: np.ndarray) -> dict[str, float]:
+    """EER, FMR100/FMR1000 (FNMR at FMR 1% / 0.1%), FDR, d' and the score moments (std with ddof=0).
+
+    The ROC comes from scikit-learn's `roc_curve` (every threshold kept). The EER is the mean of
+    FMR and FNMR at the threshold where they are closest; FMRx is the lowest FNMR among thresholds
+    whose FMR does not exceed 1/x.
+    """
+    genuine = np.asarray(genuine, dtype=np.float64).ravel()
+    impostor = np.asarray(impostor, dtype=np.float64).ravel()
+    if len(genuine) == 0 or len(impostor) == 0:
+        raise DataError(
+            f"need genuine and impostor scores, got {len(genuine)} and {len(impostor)}; "
+            "a dataset needs at least two identities and one identity with two images"
+        )
+    truth = np.concatenate([np.ones(len(genuine)), np.zeros(len(impostor))])
+    fmr, tpr, thresholds = roc_curve(truth, np.concatenate([genuine, impostor]), drop_intermediate=False)
+    fnmr = 1.0 - tpr
+    at_eer = int(np.argmin(np.abs(fnmr - fmr)))
+    mu_g, mu_i = genuine.mean(), impostor.mean()
+    var_g, var_i = genuine.var(), impostor.var()
+    spread = var_g + var_i
+    return {
+        "eer": float((fmr[at_eer] + fnmr[at_eer]) / 2),
+        "eer_threshold": float(min(thresholds[at_eer], 1.0)),
+        "fmr100": float(fnmr[fmr <= 1e-2].min()),
+        "fmr1000": float(fnmr[fmr <= 1e-3].min()),
+        "fdr": float((mu_g - mu_i) ** 2 / spread) if spread > 0 else float("inf"),
+        "d_prime": float(abs(mu_g - mu_i) / np.sqrt(spread / 2)) if spread > 0 else float("inf"),
+        "genuine_mean": float(mu_g),
+        "genuine_std": float(np.sqrt(var_g)),
+        "impostor_mean": float(mu_i),
+        "impostor_std": float(np.sqrt(var_i)),
+        "genuine_pairs": int(len(genuine)),
+        "impostor_pairs": int(len(impostor)),
+    }
+
+
+def per_class_means(scores: np.ndarray, classes: np.ndarray) -> dict[int, float]:
+    """Mean genuine score of each class that has at least one pair."""
+    names, inverse = np.unique(classes, return_inverse=True)
+    sums = np.bincount(inverse, weights=scores.astype(np.float64), minlength=len(names))
+    counts = np.bincount(inverse, minlength=len(names))
+    return {int(name): float(total / count) for name, total, count in zip(names, sums, counts)}
