@@ -97,7 +97,7 @@ def run_sample(cfg: DictConfig, run: RunDirectory, out: Path, parts: Components,
         out, parts.generator, parts.aligner, parts.embedder,
         num_samples=cfg.sample.num_samples, seed=cfg.sample.seed, truncation=_truncation(cfg),
         noise_mode=cfg.gan.noise_mode, precision=cfg.gan.precision, batch_size=cfg.sample.batch_size,
-        device=parts.device, preview=cfg.sample.preview,
+        device=parts.device, preview=cfg.sample.preview, randomize_attributes=cfg.sample.randomize_attributes,
     )
     found = np.load(artifacts.latents)["found"]
     logger.log_metrics({"num_samples": len(found), "faces_found": int(found.sum())}, "sample")

@@ -65,13 +65,12 @@ def synthesize(
     """Images [N, 3, H, W] in about [-1, 1] from single latents w [N, w_dim].
 
     `seeds` (one per image) feed the optional `generator.prepare_ws` hook, through which a
-    backbone such as GAN-Control draws the non-identity attributes of each image.
+    backbone such as GAN-Control draws the non-identity attributes of each image; with
+    `seeds=None` the hook is not called and every image keeps the attributes of its w.
     """
     ws = ws_from_w(generator, w, truncation)
     prepare_ws = getattr(generator, "prepare_ws", None)
-    if prepare_ws is not None:
-        if seeds is None:
-            raise DataError("this generator draws per-image attributes and needs one seed per image")
+    if prepare_ws is not None and seeds is not None:
         ws = prepare_ws(ws, seeds.to(ws.device))
     dtype = autocast_dtype(precision)
     device_type = ws.device.type

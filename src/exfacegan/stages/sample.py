@@ -50,8 +50,12 @@ def sample(
     batch_size: int = 16,
     device: str | torch.device = "cpu",
     preview: int = 16,
+    randomize_attributes: bool = False,
 ) -> SampleArtifacts:
     """Write `latents.npz`, `embeddings.npy` and `preview.png` into `out_dir`.
+
+    `randomize_attributes` lets a backbone with attribute controllers (GAN-Control) draw random
+    pose, age, illumination and expression per sample; the paper labels images without them.
 
     Work is saved per batch under `out_dir/chunks`, so an interrupted call resumes where it stopped.
     """
@@ -71,7 +75,7 @@ def sample(
         w = map_z(generator, z)
         images = synthesize(
             generator, w, truncation=truncation, noise_mode=noise_mode,
-            seeds=torch.from_numpy(batch_seeds), precision=precision,
+            seeds=torch.from_numpy(batch_seeds) if randomize_attributes else None, precision=precision,
         )
         faces, found = aligner(images)
         with torch.inference_mode():
