@@ -1,0 +1,198 @@
+"""Stage 5: how well the identities of a dataset separate, judged by a face embedder.
+
+Embeds every image of an image-folder dataset, scores genuine and impostor pairs, and writes
+`metrics.json`, the histogram PNGs and a self-contained `report.html` into `out_dir`. For an
+ExFaceGAN run it also reports the boundary validation accuracies and the faces the aligner dropped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from exfacegan.data.artifacts import save_json
+from exfacegan.data.image_folder import ImageFolderDataset, load_image
+from exfacegan.errors import DataError
+from exfacegan.metrics.plots import Figure, identity_grid, score_histogram, value_histogram
+from exfacegan.metrics.report import write_report
+from exfacegan.metrics.verification import pair_scores, per_class_means, verification_metrics
+
+log = logging.getLogger(__name__)
+
+IMAGE_SIZE = 112
+
+
+class MetricsLogger(Protocol):
+    def log_metrics(self, metrics: dict[str, Any], stage: str) -> None: ...
+    def log_image(self, name: str, path: Path) -> None: ...
+
+
+def embed_dataset(
+    dataset: ImageFolderDataset, embedder: nn.Module, *, batch_size: int = 64, device: str | torch.device = "cpu",
+    num_workers: int = 0,
+) -> np.ndarray:
+    """L2-normalised float32 embeddings [N, D] of every image, in dataset order."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    chunks = []
+    with torch.inference_mode():
+        for images, _ in tqdm(loader, desc="analyze: embedding", unit="batch"):
+            chunks.append(embedder(images.to(device)).float().cpu())
+    embeddings = torch.cat(chunks).numpy()
+    if embeddings.ndim != 2 or len(embeddings) != len(dataset) or not np.isfinite(embeddings).all():
+        raise DataError(f"the embedder returned {embeddings.shape} non-finite or misshaped embeddings for {len(dataset)} images")
+    return embeddings
+
+
+def _both_sides(manifest_path: Path | None, class_names: list[str]) -> bool:
+    """True when the manifest says classes 2r/2r+1 are the two sides of one boundary (and names are integers)."""
+    if manifest_path is None or not all(name.isdigit() for name in class_names):
+        return False
+    if len({int(name) for name in class_names}) != len(class_names):
+        return False
+    with open(manifest_path, newline="") as f:
+        return any(row.get("side") == "other" for row in csv.DictReader(f))
+
+
+def _boundary_metrics(path: Path) -> dict[str, Any]:
+    boundaries = np.load(path)
+    valid = boundaries["valid"].astype(bool)
+    val_accuracy = boundaries["val_accuracy"][valid].astype(np.float64)
+    metrics: dict[str, Any] = {"boundaries": int(len(valid)), "boundaries_valid": int(valid.sum())}
+    if valid.any():
+        metrics.update({
+            "val_accuracy_mean": float(val_accuracy.mean()), "val_accuracy_median": float(np.median(val_accuracy)),
+            "val_accuracy_min": float(val_accuracy.min()), "val_accuracy_max": float(val_accuracy.max()),
+            "train_accuracy_mean": float(boundaries["train_accuracy"][valid].mean()),
+        })
+    return metrics
+
+
+def _face_metrics(path: Path) -> dict[str, Any]:
+    stats = json.loads(Path(path).read_text())
+    attempted, dropped = int(stats["attempted"]), int(stats["dropped"])
+    return {"faces_attempted": attempted, "faces_dropped": dropped,
+            "dropped_fraction": dropped / attempted if attempted else 0.0}
+
+
+def _grid_identities(dataset: ImageFolderDataset, identities: int, images: int) -> list[tuple[str, torch.Tensor]]:
+    rows = []
+    for label in range(min(identities, len(dataset.classes))):
+        paths = [dataset.paths[i] for i in dataset.class_indices(label)[:images]]
+        rows.append((dataset.classes[label], torch.stack([load_image(p, dataset.size) for p in paths])))
+    return rows
+
+
+def analyze(
+    dataset_dir: Path,
+    out_dir: Path,
+    embedder: nn.Module,
+    *,
+    boundaries_path: Path | None = None,
+    manifest_path: Path | None = None,
+    generate_stats_path: Path | None = None,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    max_impostor_pairs: int = 1_000_000,
+    seed: int = 0,
+    grid_identities: int = 8,
+    grid_images: int = 8,
+    num_workers: int = 0,
+    logger: MetricsLogger | None = None,
+) -> dict[str, Any]:
+    """Embed `dataset_dir`, score it, and write metrics.json, figures and report.html to `out_dir`."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dataset = ImageFolderDataset(dataset_dir, size=IMAGE_SIZE)
+    embeddings = embed_dataset(dataset, embedder, batch_size=batch_size, device=device, num_workers=num_workers)
+    both_sides = _both_sides(manifest_path, dataset.classes)
+    labels = np.array([int(name) for name in dataset.classes])[dataset.labels] if both_sides else dataset.labels
+    scores = pair_scores(embeddings, labels, max_impostor_pairs=max_impostor_pairs, seed=seed, both_sides=both_sides)
+
+    metrics: dict[str, Any] = {
+        "dataset": str(Path(dataset_dir).resolve()), "embedder": type(embedder).__name__,
+        "images": len(dataset), "identities": len(dataset.classes),
+    }
+    metrics.update(verification_metrics(scores.genuine, scores.impostor))
+    metrics["impostor_sampled"] = scores.impostor_sampled
+    if both_sides:
+        metrics["both_sides_pairs"] = int(len(scores.both_sides))
+        if len(scores.both_sides):
+            metrics["both_sides_mean"] = float(scores.both_sides.mean())
+            metrics["both_sides_std"] = float(scores.both_sides.std())
+    name_of = {int(name) if both_sides else index: name for index, name in enumerate(dataset.classes)}
+    class_means = {name_of[label]: mean for label, mean in per_class_means(scores.genuine, scores.genuine_class).items()}
+    means = np.array(list(class_means.values()))
+    metrics.update({
+        "per_class_genuine_classes": len(class_means), "per_class_genuine_min": float(means.min()),
+        "per_class_genuine_median": float(np.median(means)), "per_class_genuine_max": float(means.max()),
+        "per_class_genuine_mean": class_means,
+    })
+    if boundaries_path is not None:
+        metrics.update(_boundary_metrics(boundaries_path))
+    if generate_stats_path is not None:
+        metrics.update(_face_metrics(generate_stats_path))
+
+    figures: dict[str, Figure] = {}
+    for figure in (
+        score_histogram(out_dir / "score_histogram.png", scores.genuine, scores.impostor, scores.both_sides,
+                        threshold=metrics["eer_threshold"]),
+        value_histogram(out_dir / "per_class_genuine_histogram.png", means, name="per_class_genuine_histogram",
+                        title="Per-identity mean genuine similarity", xlabel="mean genuine cosine similarity"),
+    ):
+        figures[figure.name] = figure
+    if boundaries_path is not None:
+        boundaries = np.load(boundaries_path)
+        figures["val_accuracy_histogram"] = value_histogram(
+            out_dir / "val_accuracy_histogram.png", boundaries["val_accuracy"][boundaries["valid"].astype(bool)],
+            name="val_accuracy_histogram", title="Boundary validation accuracy", xlabel="validation accuracy",
+        )
+    if grid_identities > 0 and grid_images > 0:
+        figures["identity_grid"] = identity_grid(
+            out_dir / "identity_grid.png", _grid_identities(dataset, grid_identities, grid_images)
+        )
+
+    save_json(out_dir / "metrics.json", metrics)
+    report = write_report(out_dir, metrics, figures)
+    log.info("analyze: EER %.4f, FMR100 %.4f, FDR %.3f; report in %s",
+             metrics["eer"], metrics["fmr100"], metrics["fdr"], report)
+    if logger is not None:
+        logger.log_metrics({k: v for k, v in metrics.items() if not isinstance(v, (dict, str))}, "analyze")
+        for figure in figures.values():
+            logger.log_image(f"analyze/{figure.name}", figure.path)
+    return metrics
+
+
+def find_run_inputs(run_dir: Path) -> dict[str, Path | None]:
+    """The dataset folder, manifest, generate stats and boundaries of an ExFaceGAN run directory."""
+    run_dir = Path(run_dir)
+    generate_dir = run_dir / "generate"
+    dataset_dir = generate_dir / "dataset"
+    if not dataset_dir.is_dir():
+        raise DataError(f"{run_dir} has no generated dataset ({dataset_dir}); run the generate stage first")
+
+    def existing(path: Path) -> Path | None:
+        return path if path.is_file() else None
+
+    return {
+        "dataset_dir": dataset_dir,
+        "manifest_path": existing(generate_dir / "manifest.csv"),
+        "generate_stats_path": existing(generate_dir / "stats.json"),
+        "boundaries_path": existing(run_dir / "fit" / "boundaries.npz"),
+    }
+
+
+def analyze_run(run_dir: Path, out_dir: Path | None, embedder: nn.Module, **options: Any) -> dict[str, Any]:
+    """`analyze` on the dataset of an ExFaceGAN run; out_dir defaults to `run_dir/analyze`."""
+    run_dir = Path(run_dir)
+    inputs = find_run_inputs(run_dir)
+    return analyze(inputs.pop("dataset_dir"), run_dir / "analyze" if out_dir is None else out_dir, embedder,
+                   **inputs, **options)

@@ -1,0 +1,213 @@
+import csv
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from exfacegan.cli import main as cli_main
+from exfacegan.data.image_folder import ImageFolderDataset
+from exfacegan.errors import DataError
+from exfacegan.metrics.report import format_value
+from exfacegan.metrics.verification import pair_scores, verification_metrics
+from exfacegan.stages.analyze import analyze, analyze_run, embed_dataset
+
+CLASSES, PER_CLASS = 4, 4
+
+
+class PatternEmbedder(nn.Module):
+    """Mean colour of each image quadrant, centred and L2-normalised: identities are colour patterns."""
+
+    embedding_dim = 12
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        pooled = F.adaptive_avg_pool2d(images.float() / 255.0 - 0.5, 2).flatten(1)
+        return F.normalize(pooled, dim=1)
+
+
+class RecordingLogger:
+    def __init__(self) -> None:
+        self.metrics, self.images = [], []
+
+    def log_metrics(self, metrics, stage):
+        self.metrics.append((stage, metrics))
+
+    def log_image(self, name, path):
+        self.images.append((name, Path(path)))
+
+
+def write_identities(root: Path, classes: int = CLASSES, per_class: int = PER_CLASS, size: int = 64) -> None:
+    rng = np.random.default_rng(0)
+    for cls in range(classes):
+        quadrants = rng.integers(0, 256, size=(2, 2, 3))
+        base = np.kron(quadrants, np.ones((size // 2, size // 2, 1)))
+        folder = root / f"{cls:05d}"
+        folder.mkdir(parents=True)
+        for k in range(per_class):
+            image = np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(image).save(folder / f"{cls:05d}_{k:03d}.png")
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    run = tmp_path / "run"
+    dataset = run / "generate" / "dataset"
+    write_identities(dataset)
+    with open(run / "generate" / "manifest.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["path", "class", "reference", "side", "k", "offset_seed"])
+        writer.writeheader()
+        for cls in range(CLASSES):
+            for k in range(PER_CLASS):
+                writer.writerow({"path": f"{cls:05d}/{cls:05d}_{k:03d}.png", "class": cls, "reference": cls // 2,
+                                 "side": "same" if cls % 2 == 0 else "other", "k": k, "offset_seed": cls})
+    (run / "generate" / "stats.json").write_text(json.dumps({"attempted": 20, "dropped": 4}))
+    (run / "fit").mkdir()
+    np.savez(run / "fit" / "boundaries.npz", normals=np.eye(3, 8, dtype=np.float32), intercepts=np.zeros(3),
+             val_accuracy=np.array([0.9, 0.8, 0.1]), train_accuracy=np.array([0.95, 0.85, 0.2]),
+             valid=np.array([True, True, False]))
+    return run
+
+
+class MetricSpans(HTMLParser):
+    """Collects (data-metric, data-value, shown text) of every tagged number, and every src/href."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found, self.links, self._open = [], [], None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.links += [attrs[k] for k in ("src", "href") if k in attrs]
+        if "data-metric" in attrs:
+            self._open = [attrs["data-metric"], attrs["data-value"], ""]
+
+    def handle_data(self, data):
+        if self._open is not None:
+            self._open[2] += data
+
+    def handle_endtag(self, tag):
+        if self._open is not None:
+            self.found.append(tuple(self._open))
+            self._open = None
+
+
+def test_image_folder_lists_sorted_and_resizes(tmp_path: Path):
+    write_identities(tmp_path / "data", classes=2, per_class=3, size=48)
+    (tmp_path / "data" / "empty").mkdir()
+    (tmp_path / "data" / "00000" / "notes.txt").write_text("not an image")
+    dataset = ImageFolderDataset(tmp_path / "data", size=112)
+    assert dataset.classes == ["00000", "00001"] and len(dataset) == 6
+    assert [p.name for p in dataset.paths[:3]] == ["00000_000.png", "00000_001.png", "00000_002.png"]
+    image, label = dataset[4]
+    assert image.shape == (3, 112, 112) and image.dtype == torch.uint8 and label == 1
+
+
+def test_image_folder_errors(tmp_path: Path):
+    with pytest.raises(DataError, match="does not exist"):
+        ImageFolderDataset(tmp_path / "missing")
+    (tmp_path / "a" / "x").mkdir(parents=True)
+    with pytest.raises(DataError, match="no images"):
+        ImageFolderDataset(tmp_path / "a")
+    (tmp_path / "a" / "x" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="broken.png"):
+        ImageFolderDataset(tmp_path / "a")[0]
+
+
+def test_analyze_run_writes_metrics_figures_and_report(run_dir: Path, tmp_path: Path):
+    logger = RecordingLogger()
+    out = tmp_path / "analysis"
+    metrics = analyze_run(run_dir, out, PatternEmbedder(), batch_size=5, logger=logger, grid_identities=3, grid_images=2)
+
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk == json.loads(json.dumps(metrics))
+    for name in ("report.html", "score_histogram.png", "val_accuracy_histogram.png", "identity_grid.png",
+                 "per_class_genuine_histogram.png"):
+        assert (out / name).stat().st_size > 0
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+    with Image.open(out / "score_histogram.png") as figure:
+        assert figure.format == "PNG"
+
+    assert metrics["images"] == CLASSES * PER_CLASS and metrics["identities"] == CLASSES
+    assert metrics["genuine_pairs"] == CLASSES * PER_CLASS * (PER_CLASS - 1) // 2
+    assert metrics["both_sides_pairs"] == (CLASSES // 2) * PER_CLASS**2
+    assert metrics["dropped_fraction"] == pytest.approx(0.2)
+    assert metrics["boundaries"] == 3 and metrics["boundaries_valid"] == 2
+    assert metrics["val_accuracy_mean"] == pytest.approx(0.85) and metrics["val_accuracy_min"] == pytest.approx(0.8)
+    assert sorted(metrics["per_class_genuine_mean"]) == [f"{c:05d}" for c in range(CLASSES)]
+    assert metrics["eer"] < 0.1  # the colour patterns separate
+
+    # The metrics are those of the embeddings, computed directly.
+    dataset = ImageFolderDataset(run_dir / "generate" / "dataset")
+    embeddings = embed_dataset(dataset, PatternEmbedder())
+    scores = pair_scores(embeddings, dataset.labels)
+    direct = verification_metrics(scores.genuine, scores.impostor)
+    for key in ("eer", "fmr100", "fdr", "d_prime", "genuine_mean", "impostor_mean"):
+        assert metrics[key] == pytest.approx(direct[key], abs=1e-6)
+    class0 = scores.genuine[scores.genuine_class == 0].mean()
+    assert metrics["per_class_genuine_mean"]["00000"] == pytest.approx(class0, abs=1e-6)
+
+    assert logger.metrics[0][0] == "analyze" and logger.metrics[0][1]["eer"] == metrics["eer"]
+    assert {name for name, _ in logger.images} >= {"analyze/score_histogram", "analyze/identity_grid"}
+
+
+def test_report_shows_the_numbers_of_metrics_json(run_dir: Path, tmp_path: Path):
+    analyze_run(run_dir, tmp_path / "a", PatternEmbedder())
+    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    parser = MetricSpans()
+    parser.feed((tmp_path / "a" / "report.html").read_text())
+
+    shown = {key: (value, text) for key, value, text in parser.found}
+    for key in ("eer", "fmr100", "fmr1000", "fdr", "d_prime", "dropped_fraction", "val_accuracy_mean",
+                "per_class_genuine_min", "both_sides_mean", "images", "identities"):
+        assert key in shown, key
+    for key, (value, text) in shown.items():
+        if key.startswith("per_class_genuine_mean."):
+            expected = metrics["per_class_genuine_mean"][key.split(".", 1)[1]]
+        else:
+            expected = metrics[key]
+        assert value == repr(expected), key
+        assert text == format_value(key, expected), key
+    assert parser.links and all(link.startswith("data:image/png;base64,") for link in parser.links)
+
+
+def test_analyze_plain_image_folder(tmp_path: Path):
+    write_identities(tmp_path / "faces", classes=3, per_class=3)
+    metrics = analyze(tmp_path / "faces", tmp_path / "out", PatternEmbedder(), max_impostor_pairs=10)
+    assert metrics["impostor_pairs"] == 10 and metrics["impostor_sampled"] is True
+    assert "both_sides_pairs" not in metrics and "boundaries" not in metrics and "faces_dropped" not in metrics
+    assert "Identity boundaries" not in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_cli_report_on_dataset_folder(tmp_path: Path, capsys):
+    write_identities(tmp_path / "faces", classes=3, per_class=2)
+    assert cli_main(["report", str(tmp_path / "faces"), "--out", str(tmp_path / "out")]) == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["embedder"] == "DlibEmbedder" and metrics["images"] == 6
+    assert "report:" in capsys.readouterr().out
+
+
+def test_cli_report_reuses_the_run_embedder(run_dir: Path, capsys):
+    (run_dir / "config.yaml").write_text(
+        "embedder:\n  network:\n    _target_: exfacegan.embedders.random_iresnet_embedder\n"
+        "    arch: [1, 1, 1, 1]\n    num_features: 16\n    seed: 0\n"
+    )
+    assert cli_main(["report", str(run_dir)]) == 0
+    metrics = json.loads((run_dir / "report" / "metrics.json").read_text())
+    assert metrics["embedder"] == "IResNetEmbedder" and metrics["boundaries"] == 3
+
+
+def test_cli_missing_path_is_one_error_line(tmp_path: Path, capsys):
+    assert cli_main(["report", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("exfacegan: error: ") and "nowhere" in err[0]
+
+
+def test_cli_iresnet_needs_checkpoint(tmp_path: Path, capsys):
+    write_identities(tmp_path / "faces", classes=2, per_class=2)
+    assert cli_main(["report", str(tmp_path / "faces"), "--embedder", "iresnet50"]) == 2
+    assert "--checkpoint" in capsys.readouterr().err
