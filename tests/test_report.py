@@ -1,4 +1,5 @@
 import csv
+import shutil
 import json
 from html.parser import HTMLParser
 from pathlib import Path
@@ -211,3 +212,36 @@ def test_cli_iresnet_needs_checkpoint(tmp_path: Path, capsys):
     write_identities(tmp_path / "faces", classes=2, per_class=2)
     assert cli_main(["report", str(tmp_path / "faces"), "--embedder", "iresnet50"]) == 2
     assert "--checkpoint" in capsys.readouterr().err
+
+
+def _screenshot_module():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "pipelines" / "screenshot_report.py"
+    spec = importlib.util.spec_from_file_location("screenshot_report", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_screenshot_checker_catches_wrong_numbers_and_external_links(run_dir: Path, tmp_path: Path):
+    check_numbers = _screenshot_module().check_numbers
+    analyze_run(run_dir, tmp_path / "a", PatternEmbedder())
+    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    page = (tmp_path / "a" / "report.html").read_text()
+    assert check_numbers(page, metrics) == []
+    wrong = dict(metrics, fdr=metrics["fdr"] + 0.5)
+    assert any(problem.startswith("fdr:") for problem in check_numbers(page, wrong))
+    external = page.replace("</main>", '<img src="https://example.com/x.png"></main>')
+    assert any("example.com" in problem for problem in check_numbers(external, metrics))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed (apt-get install -y chromium)")
+def test_report_opens_in_headless_chromium(run_dir: Path, tmp_path: Path):
+    analyze_run(run_dir, tmp_path / "a", PatternEmbedder())
+    shot = tmp_path / "shot.png"
+    assert _screenshot_module().screenshot(tmp_path / "a" / "report.html", shot, width=900, height=1400) == []
+    with Image.open(shot) as image:
+        assert image.size == (900, 1400)
+        assert len(np.unique(np.asarray(image.convert("L")))) > 50  # the page rendered, not a blank canvas

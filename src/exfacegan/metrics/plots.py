@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from exfacegan.data.artifacts import atomic_path  # noqa: E402
 
@@ -52,8 +53,11 @@ def score_histogram(
     bins: int = 100,
 ) -> Figure:
     """Density histograms of genuine and impostor cosine similarities (and both-sides pairs, if any)."""
-    figure, axes = plt.subplots(figsize=(7.5, 4))
-    edges = np.linspace(-1.0, 1.0, bins + 1)
+    figure, axes = plt.subplots(figsize=(7, 4))
+    everything = np.concatenate([genuine, impostor, [] if both_sides is None else both_sides])
+    low, high = float(everything.min()), float(everything.max())
+    margin = max(0.02, 0.05 * (high - low))
+    edges = np.linspace(max(-1.0, low - margin), min(1.0, high + margin), bins + 1)
     series = [(genuine, "genuine (same identity)", GENUINE_COLOUR), (impostor, "impostor (different identities)", IMPOSTOR_COLOUR)]
     if both_sides is not None and len(both_sides):
         series.append((both_sides, "both-sides pairs (class 2r vs 2r+1)", BOTH_SIDES_COLOUR))
@@ -73,6 +77,7 @@ def value_histogram(path: Path, values: np.ndarray, *, name: str, title: str, xl
     figure, axes = plt.subplots(figsize=(6, 3.4))
     values = np.asarray(values, dtype=np.float64)
     axes.hist(values[np.isfinite(values)], bins=bins, color=GENUINE_COLOUR, alpha=0.8)
+    axes.yaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel(xlabel)
     axes.set_ylabel("count")
     axes.grid(alpha=0.3)

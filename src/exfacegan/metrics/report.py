@@ -35,8 +35,10 @@ section { background: #fff; border-radius: 10px; padding: 18px 22px; margin: 0 0
 table { border-collapse: collapse; font-size: 0.92rem; }
 td, th { padding: 4px 14px 4px 0; text-align: left; border-bottom: 1px solid #eceef2; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
-.row { display: flex; gap: 24px; flex-wrap: wrap; align-items: flex-start; }
-img { max-width: 100%; height: auto; }
+.row { display: flex; gap: 28px; flex-wrap: wrap; align-items: flex-start; }
+.row > div:last-child { flex: 1 1 420px; min-width: 0; }
+figure { margin: 0; }
+img { max-width: 100%; height: auto; display: block; }
 .note { color: #5b6575; font-size: 0.85rem; margin: 8px 0 0; }
 """
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+import torch
 from sklearn.metrics import roc_curve
 
 from exfacegan.errors import DataError
@@ -71,12 +72,13 @@ def _genuine_scores(embeddings: np.ndarray, labels: np.ndarray) -> tuple[np.ndar
     while start < len(classes):
         # Classes are sorted by size: a block holds classes of similar size, so padding stays small.
         stop = start + 1
-        while stop < len(classes) and (stop - start + 1) * int(counts[stop]) ** 2 <= BLOCK_ELEMENTS:
+        width = embeddings.shape[1]
+        while stop < len(classes) and (stop - start + 1) * int(counts[stop]) * max(int(counts[stop]), width) <= BLOCK_ELEMENTS:
             stop += 1
         size = int(counts[stop - 1])
         block = index[start:stop, :size]
-        vectors = padded[block]                                   # [c, M, D]; index -1 is the zero row
-        similarity = vectors @ vectors.transpose(0, 2, 1)         # [c, M, M]
+        vectors = torch.from_numpy(padded[block])                 # [c, M, D]; index -1 is the zero row
+        similarity = torch.bmm(vectors, vectors.transpose(1, 2)).numpy()  # [c, M, M]
         valid = block >= 0
         upper = np.triu(np.ones((size, size), bool), k=1)
         mask = valid[:, :, None] & valid[:, None, :] & upper
@@ -99,7 +101,7 @@ def _impostor_scores(
         scores = []
         for begin in range(0, n, rows):
             block = slice(begin, begin + rows)
-            similarity = embeddings[block] @ embeddings.T
+            similarity = (torch.from_numpy(embeddings[block]) @ torch.from_numpy(embeddings).T).numpy()
             later = np.arange(n)[None, :] > np.arange(begin, min(begin + rows, n))[:, None]
             scores.append(similarity[later & (labels[block, None] != labels[None, :])])
         return np.concatenate(scores).astype(np.float32), False
@@ -116,42 +118,40 @@ def _sample_distinct_pairs(labels: np.ndarray, count: int, rng: np.random.Genera
         a, b = rng.integers(n, size=draw), rng.integers(n, size=draw)
         keep = labels[a] != labels[b]
         low, high = np.minimum(a, b)[keep], np.maximum(a, b)[keep]
-        keys = np.unique(np.concatenate([keys, low * n + high]))
-    keys = rng.permutation(keys)[:count]
+        keys = np.sort(np.concatenate([keys, low * n + high]))
+        keys = keys[np.r_[True, keys[1:] != keys[:-1]]]
+    keys = np.sort(rng.permutation(keys)[:count])  # sorted: the gathers then walk the embeddings in order
     return keys // n, keys % n
 
 
 def _both_sides_scores(embeddings: np.ndarray, labels: np.ndarray, max_pairs: int, rng: np.random.Generator) -> np.ndarray:
     """Every pair of an image of class 2r with one of class 2r+1 (a seeded sample beyond `max_pairs`)."""
-    even = np.flatnonzero(labels % 2 == 0)
-    partner_index: dict[int, np.ndarray] = {}
-    order = np.argsort(labels, kind="stable")
-    classes, starts, counts = np.unique(labels[order], return_index=True, return_counts=True)
-    for cls, start, size in zip(classes.tolist(), starts.tolist(), counts.tolist()):
-        partner_index[cls] = order[start : start + size]
-    firsts, seconds = [], []
-    for cls in np.unique(labels[even]).tolist():
-        partner = partner_index.get(cls + 1)
-        if partner is None:
-            continue
-        mine = partner_index[cls]
-        firsts.append(np.repeat(mine, len(partner)))
-        seconds.append(np.tile(partner, len(mine)))
-    if not firsts:
-        return np.zeros(0, np.float32)
-    first, second = np.concatenate(firsts), np.concatenate(seconds)
-    if len(first) > max_pairs:
-        pick = rng.choice(len(first), size=max_pairs, replace=False)
-        first, second = first[pick], second[pick]
-    return _rowwise_dot(embeddings, first, second)
+    classes, _, index = _class_index(labels)
+    row_of = {int(cls): row for row, cls in enumerate(classes.tolist())}
+    pairs = np.array([(row, row_of[cls + 1]) for cls, row in row_of.items() if cls % 2 == 0 and cls + 1 in row_of],
+                     dtype=np.int64).reshape(-1, 2)
+    padded = torch.from_numpy(np.concatenate([embeddings, np.zeros((1, embeddings.shape[1]), np.float32)]))
+    size = index.shape[1]
+    per_block = max(1, BLOCK_ELEMENTS // (size * max(size, embeddings.shape[1])))
+    scores = []
+    for begin in range(0, len(pairs), per_block):
+        mine, theirs = index[pairs[begin : begin + per_block, 0]], index[pairs[begin : begin + per_block, 1]]
+        similarity = torch.bmm(padded[torch.from_numpy(mine)], padded[torch.from_numpy(theirs)].transpose(1, 2)).numpy()
+        scores.append(similarity[(mine >= 0)[:, :, None] & (theirs >= 0)[:, None, :]])
+    scores = np.concatenate(scores) if scores else np.zeros(0, np.float32)
+    if len(scores) > max_pairs:
+        scores = scores[np.sort(rng.choice(len(scores), size=max_pairs, replace=False))]
+    return scores.astype(np.float32)
 
 
 def _rowwise_dot(embeddings: np.ndarray, first: np.ndarray, second: np.ndarray) -> np.ndarray:
     rows = max(1, BLOCK_ELEMENTS // embeddings.shape[1])
-    return np.concatenate([
-        np.einsum("ij,ij->i", embeddings[first[i : i + rows]], embeddings[second[i : i + rows]])
+    vectors = torch.from_numpy(embeddings)
+    first, second = torch.from_numpy(first), torch.from_numpy(second)
+    return torch.cat([
+        torch.einsum("ij,ij->i", vectors[first[i : i + rows]], vectors[second[i : i + rows]])
         for i in range(0, len(first), rows)
-    ] or [np.zeros(0)]).astype(np.float32)
+    ] or [torch.zeros(0)]).numpy()
 
 
 def verification_metrics(genuine: np.ndarray, impostor: np.ndarray) -> dict[str, float]:
