@@ -21,6 +21,8 @@ import torch.nn.functional as F
 # Upper bound on the upsampled intermediate of one filtered_lrelu call; above it the channels
 # are processed in chunks (the op is depthwise, so chunks are independent).
 TMP_BUDGET_BYTES = 512 * 2**20
+# "conv" (2-D depthwise convolutions) or "gemm" (separable passes as matrix products).
+DEFAULT_METHOD = "conv"
 
 
 def design_lowpass_filter(
@@ -211,7 +213,7 @@ def filtered_lrelu(
     slope: float = 0.2,
     clamp: float | None = None,
     tmp_budget_bytes: int | None = None,
-    method: str = "gemm",
+    method: str | None = None,
 ) -> torch.Tensor:
     """bias -> upsample (filter `up_filter`, factor `up`, padding [x0, x1, y0, y1]) ->
     leaky ReLU (`slope`) -> * `gain` -> clamp to [-clamp, clamp] -> downsample (`down_filter`,
@@ -225,6 +227,7 @@ def filtered_lrelu(
         x = F.leaky_relu(x, slope) if slope != 1 else x
         x = x * gain if gain != 1 else x
         return x.clamp(-clamp, clamp) if clamp is not None else x
+    method = DEFAULT_METHOD if method is None else method
     # The matrix-product path writes into preallocated outputs, which autograd cannot follow.
     needs_grad = torch.is_grad_enabled() and x.requires_grad
     if method == "gemm" and not needs_grad and up_filter is not None and up_filter.ndim == 1 and down_filter is not None:

@@ -240,7 +240,7 @@ class SynthesisLayer(nn.Module):
             x = x.add_(bias)
         else:
             demod = (styles.square() @ weight.square().sum([2, 3]).t() + 1e-8).rsqrt()
-            x = torch.addcmul(bias, x, demod.to(dtype).unsqueeze(2).unsqueeze(3))
+            x = x.mul_(demod.to(dtype).unsqueeze(2).unsqueeze(3)).add_(bias)
         return filtered_lrelu(
             x,
             self.up_filter,
@@ -348,7 +348,7 @@ class SynthesisNetwork(nn.Module):
         for name, w in zip(self.layer_names, ws[1:]):
             layer = getattr(self, name)
             dtype = reduced if (use_reduced and layer.use_fp16) else torch.float32
-            x = layer(x, w, dtype=dtype, update_emas=update_emas)
+            x = layer(x, w, dtype=dtype, update_emas=update_emas).contiguous(memory_format=memory_format)
         if self.output_scale != 1:
             x = x * self.output_scale
         return x.to(torch.float32).contiguous()
