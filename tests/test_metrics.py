@@ -17,6 +17,13 @@ def _all_pairs(embeddings: np.ndarray, labels: np.ndarray):
     return scores, labels[first], labels[second]
 
 
+def _all_members(values: np.ndarray, pool: np.ndarray, tol: float = 1e-6) -> bool:
+    """Whether every value is within `tol` of some element of the sorted `pool`."""
+    right = np.clip(np.searchsorted(pool, values), 0, len(pool) - 1)
+    left = np.clip(right - 1, 0, len(pool) - 1)
+    return bool(np.all(np.minimum(np.abs(pool[left] - values), np.abs(pool[right] - values)) <= tol))
+
+
 @pytest.fixture
 def labelled():
     rng = np.random.default_rng(3)
@@ -56,9 +63,20 @@ def test_impostor_sample_is_seeded_distinct_and_different_class(labelled):
     np.testing.assert_array_equal(first.impostor, again.impostor)
     assert not np.array_equal(first.impostor, other.impostor)
     impostors = np.sort(scores[a != b])
-    positions = np.searchsorted(impostors, first.impostor - 1e-5)  # every sampled score is an impostor pair
-    assert np.all(np.abs(impostors[np.minimum(positions, len(impostors) - 1)] - first.impostor) < 1e-4)
+    assert _all_members(first.impostor, impostors)  # every sampled score is that of an impostor pair
+    assert not _all_members(first.impostor, np.sort(scores[a == b]))
     assert len(np.unique(first.impostor)) == 500  # distinct pairs (the scores are continuous)
+
+
+def test_impostor_sample_close_to_all_pairs_is_an_exact_subset(labelled):
+    embeddings, labels = labelled
+    scores, a, b = _all_pairs(embeddings, labels)
+    impostors = np.sort(scores[a != b])
+    result = pair_scores(embeddings, labels, max_impostor_pairs=len(impostors) - 100, seed=1)
+    assert result.impostor_sampled and len(result.impostor) == len(impostors) - 100
+    again = pair_scores(embeddings, labels, max_impostor_pairs=len(impostors) - 100, seed=1)
+    np.testing.assert_array_equal(result.impostor, again.impostor)
+    assert _all_members(result.impostor, impostors)
 
 
 def test_pair_scores_rejects_bad_shapes():

@@ -50,9 +50,14 @@ def score_histogram(
     both_sides: np.ndarray | None = None,
     *,
     threshold: float | None = None,
-    bins: int = 100,
+    bins: int | None = None,
 ) -> Figure:
-    """Density histograms of genuine and impostor cosine similarities (and both-sides pairs, if any)."""
+    """Density histograms of genuine and impostor cosine similarities (and both-sides pairs, if any).
+
+    bins defaults to 2 * sqrt(size of the smaller set), between 20 and 100.
+    """
+    if bins is None:
+        bins = int(np.clip(2 * np.sqrt(min(len(genuine), len(impostor))), 20, 100))
     figure, axes = plt.subplots(figsize=(7, 4))
     everything = np.concatenate([genuine, impostor, [] if both_sides is None else both_sides])
     low, high = float(everything.min()), float(everything.max())

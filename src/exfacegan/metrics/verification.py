@@ -85,6 +85,8 @@ def _genuine_scores(embeddings: np.ndarray, labels: np.ndarray) -> tuple[np.ndar
         scores.append(similarity[mask])
         owners.append(np.repeat(classes[start:stop], mask.sum(axis=(1, 2))))
         start = stop
+    if not scores:
+        return np.zeros(0, np.float32), np.zeros(0, np.int64)
     return np.concatenate(scores).astype(np.float32), np.concatenate(owners)
 
 
@@ -96,7 +98,7 @@ def _impostor_scores(
     total = (n * n - int((counts.astype(np.int64) ** 2).sum())) // 2
     if total == 0:
         return np.zeros(0, np.float32), False
-    if total <= max_pairs:
+    if total <= 2 * max_pairs:  # enumerate (and subsample): rejection sampling would stall near `total`
         rows = max(1, BLOCK_ELEMENTS // max(n, 1))
         scores = []
         for begin in range(0, n, rows):
@@ -104,7 +106,10 @@ def _impostor_scores(
             similarity = (torch.from_numpy(embeddings[block]) @ torch.from_numpy(embeddings).T).numpy()
             later = np.arange(n)[None, :] > np.arange(begin, min(begin + rows, n))[:, None]
             scores.append(similarity[later & (labels[block, None] != labels[None, :])])
-        return np.concatenate(scores).astype(np.float32), False
+        every = np.concatenate(scores).astype(np.float32)
+        if total <= max_pairs:
+            return every, False
+        return every[np.sort(rng.choice(total, size=max_pairs, replace=False))], True
     first, second = _sample_distinct_pairs(labels, max_pairs, rng)
     return _rowwise_dot(embeddings, first, second), True
 
