@@ -18,7 +18,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from exfacegan.data.artifacts import atomic_path  # noqa: E402
 
-GENUINE_COLOUR, IMPOSTOR_COLOUR, BOTH_SIDES_COLOUR = "#2a7ab0", "#d1495b", "#edae49"
+GENUINE_COLOUR, IMPOSTOR_COLOUR, BOTH_SIDES_COLOUR = "#2a7ab0", "#d1495b", "#e08a00"
 
 
 @dataclass(frozen=True)
@@ -63,11 +63,12 @@ def score_histogram(
     low, high = float(everything.min()), float(everything.max())
     margin = max(0.02, 0.05 * (high - low))
     edges = np.linspace(max(-1.0, low - margin), min(1.0, high + margin), bins + 1)
-    series = [(genuine, "genuine (same identity)", GENUINE_COLOUR), (impostor, "impostor (different identities)", IMPOSTOR_COLOUR)]
+    for scores, label, colour in ((genuine, "genuine (same identity)", GENUINE_COLOUR),
+                                  (impostor, "impostor (different identities)", IMPOSTOR_COLOUR)):
+        axes.hist(scores, bins=edges, density=True, alpha=0.5, color=colour, label=f"{label}, n={len(scores):,}")
     if both_sides is not None and len(both_sides):
-        series.append((both_sides, "both-sides pairs (class 2r vs 2r+1)", BOTH_SIDES_COLOUR))
-    for scores, label, colour in series:
-        axes.hist(scores, bins=edges, density=True, alpha=0.55, color=colour, label=f"{label}, n={len(scores):,}")
+        axes.hist(both_sides, bins=edges, density=True, histtype="step", linewidth=2, color=BOTH_SIDES_COLOUR,
+                  label=f"both-sides pairs (class 2r vs 2r+1), n={len(both_sides):,}")
     if threshold is not None:
         axes.axvline(threshold, color="black", linestyle="--", linewidth=1, label=f"EER threshold {threshold:.3f}")
     axes.set_xlabel("cosine similarity")

@@ -29,7 +29,7 @@ h2 { font-size: 1.15rem; margin: 0 0 12px; }
 section { background: #fff; border-radius: 10px; padding: 18px 22px; margin: 0 0 18px; box-shadow: 0 1px 3px rgba(0,0,0,.08); }
 .cards { display: grid; grid-template-columns: repeat(5, 1fr); gap: 12px; margin: 0 0 18px; }
 .card { background: #fff; border-radius: 10px; padding: 14px 16px; box-shadow: 0 1px 3px rgba(0,0,0,.08); }
-.card .label { font-size: 0.8rem; color: #5b6575; text-transform: uppercase; letter-spacing: .04em; }
+.card .label { font-size: 0.85rem; color: #5b6575; font-weight: 600; letter-spacing: .03em; }
 .card .value { font-size: 1.55rem; font-weight: 600; margin-top: 4px; }
 .card .hint { font-size: 0.75rem; color: #7a8494; margin-top: 2px; }
 table { border-collapse: collapse; font-size: 0.92rem; }
