@@ -1,0 +1,416 @@
+"""StyleGAN2 generator in plain PyTorch (configs E/F, the 'skip' generator of StyleGAN2-ADA).
+
+Computes what NVIDIA's `networks_stylegan2.Generator` (StyleGAN3 code base; the same network
+as StyleGAN2-ADA-PyTorch's `networks.Generator`) computes. The constructor takes the official
+`init_kwargs` (both the `synthesis_kwargs={...}` form of StyleGAN2-ADA and the flat form of
+the StyleGAN3 code base), and `state_dict()` keys equal the official ones, so the weights of
+an official pickle load directly.
+
+Speed: each modulated convolution is one convolution with per-sample weights (styles and
+demodulation folded in, grouped over the batch) or, for larger batches, one shared
+convolution between input and output scaling; activation gain is folded into the weights,
+the bias into the convolution, the activation and clamp run in place. The FIR up-sampling is
+a depthwise (transposed) convolution. `precision` ("fp32", "fp16", "bf16") is the dtype of
+the blocks the official code runs in fp16 (the `num_fp16_res` highest resolutions); reduced
+precision applies on CUDA only, as in the official code; the CPU always computes in fp32.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from exfacegan.errors import ConfigError, DataError
+from exfacegan.gans.layers import (
+    ACTIVATION_GAINS,
+    LRELU_SLOPE,
+    FullyConnectedLayer,
+    check_activation,
+    modulated_conv2d,
+    normalize_2nd_moment,
+    setup_filter,
+    upsample2d,
+)
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+NOISE_MODES = ("const", "random", "none")
+
+
+class MappingNetwork(nn.Module):
+    """z (and the embedded label c) -> w, broadcast to num_ws, with the truncation trick."""
+
+    def __init__(
+        self,
+        z_dim: int,
+        c_dim: int,
+        w_dim: int,
+        num_ws: int | None,
+        num_layers: int = 8,
+        embed_features: int | None = None,
+        layer_features: int | None = None,
+        activation: str = "lrelu",
+        lr_multiplier: float = 0.01,
+        w_avg_beta: float | None = 0.998,
+        freeze_layers: int = 0,
+        freeze_embed: bool = False,
+    ) -> None:
+        super().__init__()
+        del freeze_layers, freeze_embed  # training-only options of the official code
+        self.z_dim, self.c_dim, self.w_dim, self.num_ws = z_dim, c_dim, w_dim, num_ws
+        self.num_layers = num_layers
+        self.w_avg_beta = w_avg_beta
+        embed_features = (w_dim if embed_features is None else embed_features) if c_dim > 0 else 0
+        layer_features = w_dim if layer_features is None else layer_features
+        features = [z_dim + embed_features] + [layer_features] * (num_layers - 1) + [w_dim]
+        if c_dim > 0:
+            self.embed = FullyConnectedLayer(c_dim, embed_features)
+        for idx in range(num_layers):
+            layer = FullyConnectedLayer(features[idx], features[idx + 1], activation=activation, lr_multiplier=lr_multiplier)
+            setattr(self, f"fc{idx}", layer)
+        if num_ws is not None and w_avg_beta is not None:
+            self.register_buffer("w_avg", torch.zeros([w_dim]))
+
+    def forward(
+        self,
+        z: torch.Tensor | None,
+        c: torch.Tensor | None = None,
+        truncation_psi: float = 1,
+        truncation_cutoff: int | None = None,
+        update_emas: bool = False,
+    ) -> torch.Tensor:
+        parts = []
+        if self.z_dim > 0:
+            if z is None or z.ndim != 2 or z.shape[1] != self.z_dim:
+                got = None if z is None else tuple(z.shape)
+                raise DataError(f"z has shape {got}, the generator expects [N, {self.z_dim}]")
+            parts.append(normalize_2nd_moment(z.to(torch.float32)))
+        if self.c_dim > 0:
+            if c is None or c.ndim != 2 or c.shape[1] != self.c_dim or (z is not None and c.shape[0] != z.shape[0]):
+                got = None if c is None else tuple(c.shape)
+                raise DataError(f"c has shape {got}, this conditional generator expects [N, {self.c_dim}]")
+            parts.append(normalize_2nd_moment(self.embed(c.to(torch.float32))))
+        x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        for idx in range(self.num_layers):
+            x = getattr(self, f"fc{idx}")(x)
+        if update_emas and self.w_avg_beta is not None:
+            self.w_avg.copy_(x.detach().mean(dim=0).lerp(self.w_avg, self.w_avg_beta))
+        if self.num_ws is not None:
+            x = x.unsqueeze(1).repeat(1, self.num_ws, 1)
+        if truncation_psi != 1:
+            if self.w_avg_beta is None:
+                raise ConfigError("this mapping network tracks no w_avg (w_avg_beta=None): truncation is impossible")
+            if self.num_ws is None or truncation_cutoff is None:
+                x = self.w_avg.lerp(x, truncation_psi)
+            else:
+                x[:, :truncation_cutoff] = self.w_avg.lerp(x[:, :truncation_cutoff], truncation_psi)
+        return x
+
+    def extra_repr(self) -> str:
+        return f"z_dim={self.z_dim}, c_dim={self.c_dim}, w_dim={self.w_dim}, num_ws={self.num_ws}"
+
+
+class SynthesisLayer(nn.Module):
+    """Modulated 3x3 convolution (optionally 2x up-sampling), noise, bias, lrelu, clamp."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        w_dim: int,
+        resolution: int,
+        kernel_size: int = 3,
+        up: int = 1,
+        use_noise: bool = True,
+        activation: str = "lrelu",
+        resample_filter: Any = (1, 3, 3, 1),
+        conv_clamp: float | None = None,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        del channels_last  # memory layout is chosen at run time
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.w_dim, self.resolution, self.up = w_dim, resolution, up
+        self.use_noise = use_noise
+        self.activation = check_activation(activation)
+        self.conv_clamp = conv_clamp
+        self.padding = kernel_size // 2
+        self.act_gain = ACTIVATION_GAINS[activation]
+        self.register_buffer("resample_filter", setup_filter(resample_filter))
+        self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
+        self.weight = nn.Parameter(torch.randn([out_channels, in_channels, kernel_size, kernel_size]))
+        if use_noise:
+            self.register_buffer("noise_const", torch.randn([resolution, resolution]))
+            self.noise_strength = nn.Parameter(torch.zeros([]))
+        self.bias = nn.Parameter(torch.zeros([out_channels]))
+
+    def forward(
+        self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "random", fused_modconv: bool | None = None, gain: float = 1
+    ) -> torch.Tensor:
+        styles = self.affine(w)
+        # act(z) * g == act(g * z) for g > 0: the gain is folded into weights, bias and noise.
+        act_gain = self.act_gain * gain
+        x = modulated_conv2d(
+            x, self.weight, styles, demodulate=True, up=self.up, padding=self.padding,
+            resample_filter=self.resample_filter, fused=fused_modconv, out_scale=act_gain,
+            bias=self.bias * act_gain,
+        )
+        if self.use_noise and noise_mode != "none":
+            if noise_mode == "random":
+                noise = torch.randn([x.shape[0], 1, self.resolution, self.resolution], device=x.device)
+            else:
+                noise = self.noise_const
+            x = x.add_((noise * (self.noise_strength * act_gain)).to(x.dtype))
+        if self.activation == "lrelu":
+            x = torch.nn.functional.leaky_relu_(x, LRELU_SLOPE)
+        elif self.activation == "relu":
+            x = x.relu_()
+        if self.conv_clamp is not None:
+            x = x.clamp_(-self.conv_clamp * gain, self.conv_clamp * gain)
+        return x
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_channels={self.in_channels}, out_channels={self.out_channels}, w_dim={self.w_dim}, "
+            f"resolution={self.resolution}, up={self.up}, activation={self.activation}"
+        )
+
+
+class ToRGBLayer(nn.Module):
+    """Modulated 1x1 convolution to image channels, without demodulation."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        w_dim: int,
+        kernel_size: int = 1,
+        conv_clamp: float | None = None,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        del channels_last
+        self.in_channels, self.out_channels, self.w_dim = in_channels, out_channels, w_dim
+        self.conv_clamp = conv_clamp
+        self.padding = kernel_size // 2
+        self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
+        self.weight = nn.Parameter(torch.randn([out_channels, in_channels, kernel_size, kernel_size]))
+        self.bias = nn.Parameter(torch.zeros([out_channels]))
+        self.weight_gain = 1 / np.sqrt(in_channels * kernel_size**2)
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor, fused_modconv: bool | None = None) -> torch.Tensor:
+        styles = self.affine(w) * self.weight_gain
+        x = modulated_conv2d(x, self.weight, styles, demodulate=False, padding=self.padding, fused=fused_modconv, bias=self.bias)
+        if self.conv_clamp is not None:
+            x = x.clamp_(-self.conv_clamp, self.conv_clamp)
+        return x
+
+    def extra_repr(self) -> str:
+        return f"in_channels={self.in_channels}, out_channels={self.out_channels}, w_dim={self.w_dim}"
+
+
+class SynthesisBlock(nn.Module):
+    """One resolution: [const | 2x up-sampling conv0], conv1, ToRGB added to the up-sampled image."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        w_dim: int,
+        resolution: int,
+        img_channels: int,
+        is_last: bool,
+        architecture: str = "skip",
+        resample_filter: Any = (1, 3, 3, 1),
+        conv_clamp: float | None = 256,
+        use_fp16: bool = False,
+        fp16_channels_last: bool = False,
+        fused_modconv_default: Any = True,
+        **layer_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        del fp16_channels_last, fused_modconv_default  # run-time choices here
+        if architecture not in ("skip", "orig"):
+            raise ConfigError(f"StyleGAN2 architecture {architecture!r} is not supported; use 'skip' (or 'orig')")
+        self.in_channels, self.w_dim, self.resolution = in_channels, w_dim, resolution
+        self.img_channels, self.is_last, self.architecture = img_channels, is_last, architecture
+        self.use_fp16 = use_fp16
+        self.register_buffer("resample_filter", setup_filter(resample_filter))
+        self.num_conv = 0
+        self.num_torgb = 0
+        if in_channels == 0:
+            self.const = nn.Parameter(torch.randn([out_channels, resolution, resolution]))
+        else:
+            self.conv0 = SynthesisLayer(
+                in_channels, out_channels, w_dim=w_dim, resolution=resolution, up=2,
+                resample_filter=resample_filter, conv_clamp=conv_clamp, **layer_kwargs,
+            )
+            self.num_conv += 1
+        self.conv1 = SynthesisLayer(
+            out_channels, out_channels, w_dim=w_dim, resolution=resolution, conv_clamp=conv_clamp, **layer_kwargs
+        )
+        self.num_conv += 1
+        if is_last or architecture == "skip":
+            self.torgb = ToRGBLayer(out_channels, img_channels, w_dim=w_dim, conv_clamp=conv_clamp)
+            self.num_torgb += 1
+
+    def forward(
+        self,
+        x: torch.Tensor | None,
+        img: torch.Tensor | None,
+        ws: torch.Tensor,
+        dtype: torch.dtype = torch.float32,
+        noise_mode: str = "const",
+        fused_modconv: bool | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        w_iter = iter(ws.unbind(dim=1))
+        if self.in_channels == 0:
+            x = self.const.to(dtype).unsqueeze(0).expand(ws.shape[0], -1, -1, -1)
+        else:
+            x = self.conv0(x.to(dtype), next(w_iter), noise_mode=noise_mode, fused_modconv=fused_modconv)
+        x = self.conv1(x, next(w_iter), noise_mode=noise_mode, fused_modconv=fused_modconv)
+        if img is not None:
+            img = upsample2d(img, self.resample_filter)
+        if self.is_last or self.architecture == "skip":
+            y = self.torgb(x, next(w_iter), fused_modconv=fused_modconv).to(torch.float32)
+            img = img.add_(y) if img is not None else y
+        return x, img
+
+    def extra_repr(self) -> str:
+        return f"resolution={self.resolution}, architecture={self.architecture}"
+
+
+_BLOCK_OPTIONS = {
+    "architecture", "resample_filter", "conv_clamp", "fp16_channels_last", "fused_modconv_default",
+    "kernel_size", "use_noise", "activation",
+}
+
+
+class SynthesisNetwork(nn.Module):
+    def __init__(
+        self,
+        w_dim: int,
+        img_resolution: int,
+        img_channels: int,
+        channel_base: int = 32768,
+        channel_max: int = 512,
+        num_fp16_res: int = 4,
+        precision: str = "fp32",
+        fused_modconv: bool | None = None,
+        **block_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        unknown = sorted(set(block_kwargs) - _BLOCK_OPTIONS)
+        if unknown:
+            raise ConfigError(f"unknown StyleGAN2 synthesis options {unknown}; allowed: {sorted(_BLOCK_OPTIONS)}")
+        if img_resolution < 4 or img_resolution & (img_resolution - 1):
+            raise ConfigError(f"img_resolution must be a power of two >= 4, got {img_resolution}")
+        self.w_dim, self.img_resolution, self.img_channels = w_dim, img_resolution, img_channels
+        self.img_resolution_log2 = int(np.log2(img_resolution))
+        self.num_fp16_res = num_fp16_res
+        self.precision = precision
+        self.fused_modconv = fused_modconv
+        self.block_resolutions = [2**i for i in range(2, self.img_resolution_log2 + 1)]
+        channels = {res: min(channel_base // res, channel_max) for res in self.block_resolutions}
+        fp16_resolution = max(2 ** (self.img_resolution_log2 + 1 - num_fp16_res), 8)
+        self.num_ws = 0
+        for res in self.block_resolutions:
+            block = SynthesisBlock(
+                channels[res // 2] if res > 4 else 0, channels[res], w_dim=w_dim, resolution=res,
+                img_channels=img_channels, is_last=res == img_resolution, use_fp16=res >= fp16_resolution,
+                **block_kwargs,
+            )
+            self.num_ws += block.num_conv
+            if res == img_resolution:
+                self.num_ws += block.num_torgb
+            setattr(self, f"b{res}", block)
+
+    @property
+    def precision(self) -> str:
+        return self._precision
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        if value not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {sorted(PRECISIONS)}, got {value!r}")
+        self._precision = value
+
+    def forward(
+        self,
+        ws: torch.Tensor,
+        noise_mode: str = "const",
+        force_fp32: bool = False,
+        fused_modconv: bool | None = None,
+        update_emas: bool = False,
+    ) -> torch.Tensor:
+        del update_emas  # no running statistics in StyleGAN2 synthesis
+        if noise_mode not in NOISE_MODES:
+            raise DataError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
+        if ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.w_dim):
+            raise DataError(f"ws has shape {tuple(ws.shape)}, the generator expects [N, {self.num_ws}, {self.w_dim}]")
+        fused_modconv = self.fused_modconv if fused_modconv is None else fused_modconv
+        reduced = PRECISIONS[self.precision]
+        use_reduced = reduced != torch.float32 and ws.device.type == "cuda" and not force_fp32
+        ws = ws.to(torch.float32)
+        x = img = None
+        w_idx = 0
+        for res in self.block_resolutions:
+            block = getattr(self, f"b{res}")
+            block_ws = ws.narrow(1, w_idx, block.num_conv + block.num_torgb)
+            w_idx += block.num_conv
+            dtype = reduced if (use_reduced and block.use_fp16) else torch.float32
+            x, img = block(x, img, block_ws, dtype=dtype, noise_mode=noise_mode, fused_modconv=fused_modconv)
+        return img
+
+    def extra_repr(self) -> str:
+        return (
+            f"w_dim={self.w_dim}, num_ws={self.num_ws}, img_resolution={self.img_resolution}, "
+            f"img_channels={self.img_channels}, num_fp16_res={self.num_fp16_res}"
+        )
+
+
+class Generator(nn.Module):
+    """StyleGAN2 generator; arguments are an official pickle's `init_kwargs`.
+
+    Extra options (not in official pickles): `precision` (see module docstring) and
+    `fused_modconv` (True: per-sample weights; False: shared convolution; None: by batch size).
+    """
+
+    def __init__(
+        self,
+        z_dim: int,
+        c_dim: int,
+        w_dim: int,
+        img_resolution: int,
+        img_channels: int,
+        mapping_kwargs: dict[str, Any] | None = None,
+        synthesis_kwargs: dict[str, Any] | None = None,
+        **more_synthesis_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        self.z_dim, self.c_dim, self.w_dim = z_dim, c_dim, w_dim
+        self.img_resolution, self.img_channels = img_resolution, img_channels
+        synthesis_kwargs = {**dict(synthesis_kwargs or {}), **more_synthesis_kwargs}
+        self.synthesis = SynthesisNetwork(w_dim=w_dim, img_resolution=img_resolution, img_channels=img_channels, **synthesis_kwargs)
+        self.num_ws = self.synthesis.num_ws
+        mapping_kwargs = dict(mapping_kwargs or {})
+        allowed = {"num_layers", "embed_features", "layer_features", "activation", "lr_multiplier", "w_avg_beta", "freeze_layers", "freeze_embed"}
+        unknown = sorted(set(mapping_kwargs) - allowed)
+        if unknown:
+            raise ConfigError(f"unknown StyleGAN2 mapping options {unknown}; allowed: {sorted(allowed)}")
+        self.mapping = MappingNetwork(z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, num_ws=self.num_ws, **mapping_kwargs)
+
+    def forward(
+        self,
+        z: torch.Tensor,
+        c: torch.Tensor | None = None,
+        truncation_psi: float = 1,
+        truncation_cutoff: int | None = None,
+        noise_mode: str = "const",
+        update_emas: bool = False,
+        **synthesis_kwargs: Any,
+    ) -> torch.Tensor:
+        ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff, update_emas=update_emas)
+        return self.synthesis(ws, noise_mode=noise_mode, **synthesis_kwargs)
