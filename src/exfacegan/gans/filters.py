@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 # Upper bound on the upsampled intermediate of one filtered_lrelu call; above it the channels
 # are processed in chunks (the op is depthwise, so chunks are independent).
-TMP_BUDGET_BYTES = 512 * 2**20
+TMP_BUDGET_BYTES = 2**30
 # "conv" (2-D depthwise convolutions) or "gemm" (separable passes as matrix products).
 DEFAULT_METHOD = "conv"
 
