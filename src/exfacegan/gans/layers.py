@@ -117,6 +117,12 @@ class FullyConnectedLayer(nn.Module):
 # FIR filters
 
 
+def is_separable(f: torch.Tensor) -> bool:
+    """Whether a 2-D unit-sum filter equals the outer product of its column and row sums."""
+    f = f.detach().to("cpu", torch.float64)
+    return bool(torch.allclose(torch.outer(f.sum(dim=1), f.sum(dim=0)), f, rtol=1e-5, atol=1e-7))
+
+
 def setup_filter(taps: Sequence[float] | torch.Tensor = (1, 3, 3, 1)) -> torch.Tensor:
     """A 1-D tap list becomes its 2-D outer product; the result is normalised to unit sum."""
     f = torch.as_tensor(taps, dtype=torch.float32)
@@ -129,14 +135,39 @@ def setup_filter(taps: Sequence[float] | torch.Tensor = (1, 3, 3, 1)) -> torch.T
     return f / f.sum()
 
 
-def fir_filter2d(x: torch.Tensor, f: torch.Tensor, padding: Sequence[int], gain: float = 1.0) -> torch.Tensor:
+def fir_filter2d(
+    x: torch.Tensor,
+    f: torch.Tensor,
+    padding: Sequence[int],
+    gain: float = 1.0,
+    bias: torch.Tensor | None = None,
+    separable: bool = True,
+) -> torch.Tensor:
     """Pad x by (x0, x1, y0, y1) (negative values crop) and convolve every channel with the
-    2-D filter f (a true convolution, i.e. f flipped, as `upfirdn2d` with flip_filter=False)."""
+    2-D filter f (a true convolution, i.e. f flipped, as `upfirdn2d` with flip_filter=False),
+    times gain, plus an optional per-channel bias.
+
+    `separable=True` (valid for filters made by `setup_filter` from 1-D taps, i.e. outer
+    products of unit sum) runs two 1-D depthwise passes, whose taps are f's column and row
+    sums (no host synchronisation), which is about twice as fast as one 2-D pass.
+    """
     channels = x.shape[1]
-    x = F.pad(x, list(padding))
-    weight = (f.flip([0, 1]) * gain).to(x.dtype)
-    weight = weight[None, None].expand(channels, 1, *f.shape)
-    return F.conv2d(x, weight, groups=channels)
+    x0, x1, y0, y1 = padding
+    conv_pad = [0, 0]
+    if x0 == x1 >= 0 and y0 == y1 >= 0:
+        conv_pad = [y0, x0]  # symmetric: let the convolution pad (no extra copy)
+    else:
+        x = F.pad(x, [x0, x1, y0, y1])
+    bias = None if bias is None else bias.to(x.dtype)
+    if not separable:
+        weight = (f.flip([0, 1]) * gain).to(x.dtype)[None, None].repeat(channels, 1, 1, 1)
+        return F.conv2d(x, weight, bias=bias, padding=conv_pad, groups=channels)
+    fx = (f.sum(dim=0).flip(0) * gain).to(x.dtype)
+    fy = f.sum(dim=1).flip(0).to(x.dtype)
+    # (Weights materialised: expanded, stride-0 weights make oneDNN drop channels-last.)
+    x = F.conv2d(x, fx.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), padding=(0, conv_pad[1]), groups=channels)
+    fy_weight = fy.view(1, 1, -1, 1).repeat(channels, 1, 1, 1)
+    return F.conv2d(x, fy_weight, bias=bias, padding=(conv_pad[0], 0), groups=channels)
 
 
 def upsample2d(x: torch.Tensor, f: torch.Tensor, up: int = 2) -> torch.Tensor:
@@ -153,7 +184,7 @@ def upsample2d(x: torch.Tensor, f: torch.Tensor, up: int = 2) -> torch.Tensor:
     pad_x = fw - 1 - (fw + up - 1) // 2
     height, width = x.shape[2] * up, x.shape[3] * up
     if pad_y >= 0 and pad_x >= 0 and fh % 2 == 0 and fw % 2 == 0 and up == 2:
-        weight = (f * (up * up)).to(x.dtype)[None, None].expand(channels, 1, fh, fw)
+        weight = (f * (up * up)).to(x.dtype)[None, None].repeat(channels, 1, 1, 1)
         return F.conv_transpose2d(x, weight, stride=up, padding=(pad_y, pad_x), groups=channels)
     # Any other filter/factor: explicit zero insertion, then the filter.
     zeros = x.new_zeros(x.shape[0], channels, height, width)
@@ -164,6 +195,11 @@ def upsample2d(x: torch.Tensor, f: torch.Tensor, up: int = 2) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------------------------
 # Modulated convolution
+
+
+def weight_sq_sums(weight: torch.Tensor) -> torch.Tensor:
+    """sum over the kernel window of weight**2: [O, I], for the demodulation coefficients."""
+    return weight.to(torch.float32).square().sum(dim=[2, 3])
 
 
 def modulated_conv2d(
@@ -177,6 +213,8 @@ def modulated_conv2d(
     fused: bool | None = None,
     out_scale: float = 1.0,
     bias: torch.Tensor | None = None,
+    separable_filter: bool = True,
+    weight_sq: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Modulated (and demodulated) convolution of x [N, I, H, W] with weight [O, I, k, k] and
     styles [N, I]; `up=2` up-samples as the official `conv2d_resample` does (transposed
@@ -186,6 +224,10 @@ def modulated_conv2d(
     convolution (cheapest for small batches); `fused=False` scales the activations before
     and after one shared convolution (cheapest for large batches); None picks by batch size.
     The result is multiplied by `out_scale` and, if given, `bias` (already scaled) is added.
+    `weight_sq` may pass a cached `weight_sq_sums(weight)`.
+    `separable_filter` says whether the resample filter is an outer product (see `fir_filter2d`).
+    With batch 1 the fused form is a plain convolution and keeps x's memory format
+    (channels-last is much faster on CPUs).
     """
     batch, in_channels = x.shape[0], x.shape[1]
     out_channels, _, kh, kw = weight.shape
@@ -201,51 +243,56 @@ def modulated_conv2d(
     dcoefs = None
     if demodulate:
         # sum_{i,k} (W[o,i,k] * s[n,i])^2 == (s^2 @ (sum_k W^2).T)[n, o]
-        dcoefs = (styles.square() @ weight.square().sum(dim=[2, 3]).t() + 1e-8).rsqrt()
+        wsq = weight_sq_sums(weight) if weight_sq is None else weight_sq
+        dcoefs = (styles.square() @ wsq.t() + 1e-8).rsqrt()
     if fused is None:
-        fused = batch <= 4
+        # Per-sample weights pay off where they are smaller than the activations they spare.
+        fused = batch == 1 and weight.numel() <= x.numel()
 
     if fused:
-        # w[n, o, i] = W[o, i] * s[n, i] * d[n, o] * out_scale
-        scale_out = dcoefs * out_scale if dcoefs is not None else None
-        w = weight.unsqueeze(0) * styles.reshape(batch, 1, in_channels, 1, 1)
-        if scale_out is not None:
-            w = w * scale_out.reshape(batch, out_channels, 1, 1, 1)
-        elif out_scale != 1:
-            w = w * out_scale
-        w = w.to(dtype)
+        # w[n, o, i] = W[o, i] * s[n, i] * d[n, o] * out_scale, as one product.
+        scale_out = dcoefs * out_scale if dcoefs is not None else torch.full((batch, out_channels), out_scale, device=x.device)
+        coefs = scale_out.unsqueeze(2) * styles.unsqueeze(1)  # [N, O, I]
+        w = (weight.unsqueeze(0) * coefs.reshape(batch, out_channels, in_channels, 1, 1)).to(dtype)
         group_bias = None
         if bias is not None:
             group_bias = bias.to(dtype).repeat(batch)
-        xg = x.reshape(1, batch * in_channels, *x.shape[2:])
+        xg = x if batch == 1 else x.reshape(1, batch * in_channels, *x.shape[2:])
         if up == 1:
-            out = F.conv2d(xg, w.reshape(batch * out_channels, in_channels, kh, kw), bias=group_bias, padding=padding, groups=batch)
+            w = w.reshape(batch * out_channels, in_channels, kh, kw)
+            if xg.is_contiguous(memory_format=torch.channels_last):
+                # oneDNN sometimes returns NCHW for NHWC input unless the weight is NHWC too.
+                w = w.contiguous(memory_format=torch.channels_last)
+            out = F.conv2d(xg, w, bias=group_bias, padding=padding, groups=batch)
             return out.reshape(batch, out_channels, *out.shape[2:])
         # Transposed convolution wants [groups * I, O, k, k].
         wt = w.transpose(1, 2).reshape(batch * in_channels, out_channels, kh, kw)
-        out = _upsample_conv(xg, wt, batch, padding, up, resample_filter)
-        out = out.reshape(batch, out_channels, *out.shape[2:])
-        if bias is not None:
-            out = out.add_(bias.to(dtype).reshape(1, -1, 1, 1))
-        return out
+        out = _upsample_conv(xg, wt, batch, padding, up, resample_filter, bias=group_bias, separable=separable_filter)
+        return out.reshape(batch, out_channels, *out.shape[2:])
 
+    memory_format = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
     x = x * styles.to(dtype).reshape(batch, in_channels, 1, 1)
     if up == 1:
-        out = F.conv2d(x, weight.to(dtype), padding=padding)
+        out = F.conv2d(x, weight.to(dtype).contiguous(memory_format=memory_format), padding=padding)
     else:
-        out = _upsample_conv(x, weight.to(dtype).transpose(0, 1), 1, padding, up, resample_filter)
-    scale = dcoefs * out_scale if dcoefs is not None else None
-    if scale is not None:
-        out = out.mul_(scale.to(dtype).reshape(batch, out_channels, 1, 1))
-    elif out_scale != 1:
-        out = out.mul_(out_scale)
-    if bias is not None:
-        out = out.add_(bias.to(dtype).reshape(1, -1, 1, 1))
-    return out
+        wt = weight.to(dtype).transpose(0, 1)
+        out = _upsample_conv(x, wt, 1, padding, up, resample_filter, separable=separable_filter)
+    scale = dcoefs * out_scale if dcoefs is not None else torch.full((batch, out_channels), out_scale, device=x.device)
+    scale = scale.to(dtype).reshape(batch, out_channels, 1, 1)
+    if bias is None:
+        return out.mul_(scale)
+    return torch.addcmul(bias.to(dtype).reshape(1, -1, 1, 1), out, scale)
 
 
 def _upsample_conv(
-    x: torch.Tensor, weight_t: torch.Tensor, groups: int, padding: int, up: int, f: torch.Tensor | None
+    x: torch.Tensor,
+    weight_t: torch.Tensor,
+    groups: int,
+    padding: int,
+    up: int,
+    f: torch.Tensor | None,
+    bias: torch.Tensor | None = None,
+    separable: bool = True,
 ) -> torch.Tensor:
     """conv2d_resample with up > 1: a stride-`up` transposed convolution (weight_t laid out as
     [groups * I, O, k, k], not flipped), then the FIR filter with gain up**2, padded so that
@@ -262,4 +309,4 @@ def _upsample_conv(
     pxt = max(min(-px0, -px1), 0)
     pyt = max(min(-py0, -py1), 0)
     x = F.conv_transpose2d(x, weight_t, stride=up, padding=(pyt, pxt), groups=groups)
-    return fir_filter2d(x, f, (px0 + pxt, px1 - pxt, py0 + pyt, py1 - pyt), gain=up * up)
+    return fir_filter2d(x, f, (px0 + pxt, px1 - pxt, py0 + pyt, py1 - pyt), gain=up * up, bias=bias, separable=separable)
