@@ -2,7 +2,7 @@
 
     python benchmarks/synthesis.py [--backbones stylegan2 stylegan3-t stylegan3-r gan_control]
         [--batch-sizes 1 4] [--device cpu|cuda] [--precision fp32|fp16|bf16] [--threads 2]
-        [--repeats 2] [--filter-method conv|gemm]
+        [--repeats 2]
 
 Every (backbone, batch size) runs in a fresh subprocess, so the peak memory printed is that
 configuration's own: peak resident set size on the CPU, torch.cuda.max_memory_allocated on
@@ -36,9 +36,9 @@ BACKBONES = ("stylegan2", "stylegan3-t", "stylegan3-r", "gan_control")
 
 def build(backbone: str, precision: str) -> torch.nn.Module:
     if backbone == "stylegan2":
-        from exfacegan.gans import build_generator
+        from exfacegan.gans.stylegan2 import Generator as StyleGAN2
 
-        return build_generator("stylegan2", **STYLEGAN2_1024)
+        return StyleGAN2(**STYLEGAN2_1024, precision=precision)
     if backbone in ("stylegan3-t", "stylegan3-r"):
         from exfacegan.gans.stylegan3 import Generator
 
@@ -51,17 +51,14 @@ def build(backbone: str, precision: str) -> torch.nn.Module:
     raise ValueError(f"unknown backbone {backbone!r}; choose from {BACKBONES}")
 
 
-def measure(backbone: str, batch: int, device: str, precision: str, threads: int, repeats: int, method: str) -> dict:
+def measure(backbone: str, batch: int, device: str, precision: str, threads: int, repeats: int) -> dict:
     """Run in the child process: time G.synthesis on random ws, report rate and peak memory."""
     torch.set_num_threads(threads)
-    import exfacegan.gans.filters as filters
-
-    filters.DEFAULT_METHOD = method
     generator = build(backbone, precision).eval().to(device)
     ws = torch.randn(batch, generator.num_ws, generator.w_dim, device=device)
     dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16}
     # Backbones without their own precision option get autocast (CUDA only, as the pipeline does).
-    autocast = device == "cuda" and precision in dtypes and not backbone.startswith("stylegan3")
+    autocast = device == "cuda" and precision in dtypes and backbone == "gan_control"
 
     def run() -> torch.Tensor:
         with torch.inference_mode(), torch.autocast("cuda", dtype=dtypes.get(precision, torch.float16), enabled=autocast):
@@ -92,23 +89,22 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--filter-method", default="conv", choices=["conv", "gemm"])
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         result = measure(
-            args.backbones[0], args.batch_sizes[0], args.device, args.precision, args.threads, args.repeats, args.filter_method
+            args.backbones[0], args.batch_sizes[0], args.device, args.precision, args.threads, args.repeats
         )
         print(json.dumps(result))
         return
     memory = "peak RSS" if args.device == "cpu" else "peak CUDA allocated"
-    print(f"device {args.device}, precision {args.precision}, {args.threads} threads, filter method {args.filter_method}")
+    print(f"device {args.device}, precision {args.precision}, {args.threads} threads")
     for backbone in args.backbones:
         for batch in args.batch_sizes:
             command = [
                 sys.executable, __file__, "--child", "--backbones", backbone, "--batch-sizes", str(batch),
                 "--device", args.device, "--precision", args.precision, "--threads", str(args.threads),
-                "--repeats", str(args.repeats), "--filter-method", args.filter_method,
+                "--repeats", str(args.repeats),
             ]
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode != 0:
