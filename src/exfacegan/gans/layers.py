@@ -35,6 +35,11 @@ def check_activation(activation: str) -> str:
     return activation
 
 
+def inplace_ok(*tensors: torch.Tensor | None) -> bool:
+    """Whether in-place updates are safe: no autograd graph is being recorded through them."""
+    return not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in tensors)
+
+
 def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> torch.Tensor:
     return x * (x.square().mean(dim=dim, keepdim=True) + eps).rsqrt()
 
@@ -280,7 +285,7 @@ def modulated_conv2d(
     scale = dcoefs * out_scale if dcoefs is not None else torch.full((batch, out_channels), out_scale, device=x.device)
     scale = scale.to(dtype).reshape(batch, out_channels, 1, 1)
     if bias is None:
-        return out.mul_(scale)
+        return out.mul_(scale) if inplace_ok(out, scale) else out * scale
     return torch.addcmul(bias.to(dtype).reshape(1, -1, 1, 1), out, scale)
 
 

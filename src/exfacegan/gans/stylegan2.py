@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from exfacegan.errors import ConfigError, DataError
@@ -30,6 +31,7 @@ from exfacegan.gans.layers import (
     LRELU_SLOPE,
     FullyConnectedLayer,
     check_activation,
+    inplace_ok,
     is_separable,
     modulated_conv2d,
     normalize_2nd_moment,
@@ -179,18 +181,21 @@ class SynthesisLayer(nn.Module):
             resample_filter=self.resample_filter, fused=fused_modconv, out_scale=act_gain,
             bias=self.bias * act_gain, separable_filter=self.fir_separable, weight_sq=self._weight_sq(),
         )
+        inplace = inplace_ok(x)
         if self.use_noise and noise_mode != "none":
             if noise_mode == "random":
                 noise = torch.randn([x.shape[0], 1, self.resolution, self.resolution], device=x.device)
             else:
                 noise = self.noise_const
-            x = x.add_((noise * (self.noise_strength * act_gain)).to(x.dtype))
+            noise = (noise * (self.noise_strength * act_gain)).to(x.dtype)
+            x = x.add_(noise) if inplace and not noise.requires_grad else x + noise
         if self.activation == "lrelu":
-            x = torch.nn.functional.leaky_relu_(x, LRELU_SLOPE)
+            x = F.leaky_relu_(x, LRELU_SLOPE) if inplace else F.leaky_relu(x, LRELU_SLOPE)
         elif self.activation == "relu":
-            x = x.relu_()
+            x = x.relu_() if inplace else x.relu()
         if self.conv_clamp is not None:
-            x = x.clamp_(-self.conv_clamp * gain, self.conv_clamp * gain)
+            limit = self.conv_clamp * gain
+            x = x.clamp_(-limit, limit) if inplace else x.clamp(-limit, limit)
         return x
 
     def extra_repr(self) -> str:
@@ -235,7 +240,7 @@ class ToRGBLayer(nn.Module):
         else:
             x = modulated_conv2d(x, self.weight, styles, demodulate=False, padding=self.padding, fused=fused_modconv, bias=self.bias)
         if self.conv_clamp is not None:
-            x = x.clamp_(-self.conv_clamp, self.conv_clamp)
+            x = x.clamp_(-self.conv_clamp, self.conv_clamp) if inplace_ok(x) else x.clamp(-self.conv_clamp, self.conv_clamp)
         return x
 
     def extra_repr(self) -> str:
@@ -309,7 +314,10 @@ class SynthesisBlock(nn.Module):
             img = upsample2d(img, self.resample_filter)
         if self.is_last or self.architecture == "skip":
             y = self.torgb(x, next(w_iter), fused_modconv=fused_modconv).to(torch.float32)
-            img = img.add_(y) if img is not None else y
+            if img is None:
+                img = y
+            else:
+                img = img.add_(y) if inplace_ok(img, y) else img + y
         return x, img
 
     def extra_repr(self) -> str:
