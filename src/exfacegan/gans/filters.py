@@ -91,10 +91,12 @@ def _filtered_lrelu_chunk(
     tmp = _crop_or_pad(
         tmp, crops[0][0] - sym[0], crops[0][1] - sym[0], crops[1][0] - sym[1], crops[1][1] - sym[1]
     )
-    if slope != 1:
+    if torch.is_grad_enabled() and tmp.requires_grad:  # autograd needs the intermediates
+        tmp = F.leaky_relu(tmp, slope).clamp(-clamp, clamp) if clamp is not None else F.leaky_relu(tmp, slope)
+    else:
         F.leaky_relu_(tmp, slope)
-    if clamp is not None:
-        tmp.clamp_(-clamp, clamp)
+        if clamp is not None:
+            tmp.clamp_(-clamp, clamp)
     weight = down_kernel[None, None].expand(channels, 1, *down_kernel.shape)
     return F.conv2d(tmp, weight, stride=down, groups=channels)
 

@@ -236,11 +236,11 @@ class SynthesisLayer(nn.Module):
         x = x.to(dtype) * in_scale.to(dtype).unsqueeze(2).unsqueeze(3)
         x = F.conv2d(x, weight.to(dtype), padding=self.conv_kernel - 1)
         bias = self.bias.to(dtype).view(1, -1, 1, 1)
-        if self.is_torgb:
-            x = x.add_(bias)
-        else:
+        if not self.is_torgb:
             demod = (styles.square() @ weight.square().sum([2, 3]).t() + 1e-8).rsqrt()
-            x = x.mul_(demod.to(dtype).unsqueeze(2).unsqueeze(3)).add_(bias)
+            demod = demod.to(dtype).unsqueeze(2).unsqueeze(3)
+            x = x * demod if x.requires_grad and torch.is_grad_enabled() else x.mul_(demod)
+        x = x + bias if x.requires_grad and torch.is_grad_enabled() else x.add_(bias)
         return filtered_lrelu(
             x,
             self.up_filter,
