@@ -214,3 +214,21 @@ def test_fused_and_shared_modconv_agree_under_autograd():
     (grad,) = torch.autograd.grad(fused.square().sum(), ws)
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
     assert F.mse_loss(fused, shared) < 1e-10
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("up", [1, 2])
+def test_reduced_precision_modulated_conv_agrees_with_fp32(dtype, up):
+    # The fp16 pre-normalisation of weights and styles must cancel in the demodulation.
+    from exfacegan.gans.layers import modulated_conv2d
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 8, 8, 8, generator=generator)
+    weight = torch.randn(4, 8, 3, 3, generator=generator)
+    styles = torch.randn(2, 8, generator=generator) * 30
+    fir = setup_filter()
+    for fused in (True, False):
+        reference = modulated_conv2d(x, weight, styles, up=up, padding=1, resample_filter=fir, fused=fused, bias=torch.ones(4))
+        reduced = modulated_conv2d(x.to(dtype), weight, styles, up=up, padding=1, resample_filter=fir, fused=fused, bias=torch.ones(4))
+        assert reduced.dtype == dtype
+        assert _relative_error(reduced.float(), reference.numpy()) < 1e-2
