@@ -2,12 +2,14 @@
 
 The filtered leaky ReLU upsamples, applies bias/leaky ReLU/gain/clamp at the higher rate and
 downsamples again. Done naively (insert zeros, then a large convolution) it dominates the
-cost of StyleGAN3 synthesis. Here the upsampling is one strided transposed convolution (the
-polyphase form: no multiplications by inserted zeros), its cropping is folded into the
-transposed convolution's padding, the activation runs in place, gain is folded into the
-downsampling filter, and the downsampling is one strided depthwise convolution, all of which
-oneDNN runs fastest in channels-last layout. Large intermediates are processed in channel
-chunks to bound peak memory.
+cost of StyleGAN3 synthesis. Here the upsampling is one strided transposed convolution (no
+multiplications by inserted zeros), its cropping is folded into the transposed convolution's
+padding, the activation runs in place, gain is folded into the downsampling filter, and the
+downsampling is one strided depthwise convolution that computes only the kept samples (for the
+radial filters of config R as well), all in channels-last layout, where oneDNN's depthwise
+kernels are fastest. Separable filters run as their 2-D outer product: on the 2-core CPU this
+was written on, that beat 1-D passes (depthwise or as banded matrix products), which are bound
+by memory traffic. Large intermediates are processed in channel chunks to bound peak memory.
 """
 
 from __future__ import annotations
