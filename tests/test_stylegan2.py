@@ -232,3 +232,13 @@ def test_reduced_precision_modulated_conv_agrees_with_fp32(dtype, up):
         reduced = modulated_conv2d(x.to(dtype), weight, styles, up=up, padding=1, resample_filter=fir, fused=fused, bias=torch.ones(4))
         assert reduced.dtype == dtype
         assert _relative_error(reduced.float(), reference.numpy()) < 1e-2
+
+
+def test_mapping_and_synthesis_are_differentiable(golden):
+    generator, _, io = golden
+    z = torch.from_numpy(io["z"]).requires_grad_(True)
+    ws = generator.mapping(z, torch.from_numpy(io["c"]), truncation_psi=0.7)
+    images = generator.synthesis(ws)
+    (grad,) = torch.autograd.grad(images.square().mean(), z)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+    assert _relative_error(images.detach(), io["img_psi07"]) <= 1e-4

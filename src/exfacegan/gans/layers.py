@@ -55,20 +55,17 @@ def bias_act(
     """x + bias (over dim 1), activation, times gain (default: the activation's own gain),
     clamped to [-clamp, clamp]. With `inplace=True` x is overwritten (x must not need grad)."""
     gain = ACTIVATION_GAINS[check_activation(activation)] if gain is None else gain
-    if not inplace:
-        x = x.clone() if bias is None else x
     if bias is not None:
-        shape = [1, -1] + [1] * (x.ndim - 2)
-        b = bias.to(x.dtype).reshape(shape)
+        b = bias.to(x.dtype).reshape([1, -1] + [1] * (x.ndim - 2))
         x = x.add_(b) if inplace else x + b
     if activation == "lrelu":
-        x = F.leaky_relu_(x, LRELU_SLOPE)
+        x = F.leaky_relu_(x, LRELU_SLOPE) if inplace else F.leaky_relu(x, LRELU_SLOPE)
     elif activation == "relu":
-        x = F.relu_(x)
+        x = F.relu_(x) if inplace else F.relu(x)
     if gain != 1:
-        x = x.mul_(gain)
+        x = x.mul_(gain) if inplace else x * gain
     if clamp is not None and clamp >= 0:
-        x = x.clamp_(-clamp, clamp)
+        x = x.clamp_(-clamp, clamp) if inplace else x.clamp(-clamp, clamp)
     return x
 
 
@@ -112,7 +109,7 @@ class FullyConnectedLayer(nn.Module):
         if self.activation == "linear" and bias is not None:
             return torch.addmm(bias.unsqueeze(0), x, weight.t())
         x = x.matmul(weight.t())
-        return bias_act(x, bias, activation=self.activation, inplace=not x.requires_grad)
+        return bias_act(x, bias, activation=self.activation, inplace=inplace_ok(x))
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, activation={self.activation}"
