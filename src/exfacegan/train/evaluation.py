@@ -1,0 +1,76 @@
+"""10-fold verification on insightface .bin files (pickle of (bins, issame_list))."""
+import io
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from sklearn.model_selection import KFold
+
+from exfacegan.errors import DataError
+
+THRESHOLDS = np.arange(0, 4, 0.01)
+
+
+def write_bin(path: str | Path, images: np.ndarray, issame: list[bool]) -> None:
+    """Write uint8 images [2P, H, W, 3] (pairs consecutive) as an insightface .bin."""
+    if len(images) != 2 * len(issame):
+        raise DataError(f"write_bin: {len(images)} images for {len(issame)} pairs; need 2 per pair")
+    bins = []
+    for image in images:
+        buffer = io.BytesIO()
+        Image.fromarray(np.asarray(image, dtype=np.uint8)).save(buffer, format="PNG")
+        bins.append(buffer.getvalue())
+    with open(path, "wb") as f:
+        pickle.dump((bins, list(map(bool, issame))), f)
+
+
+def read_bin(path: str | Path, size: int = 112) -> tuple[torch.Tensor, np.ndarray]:
+    """Decode a .bin into uint8 images [2P, 3, size, size] and issame bool [P]."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"verification file {path} not found; set eval.root to the folder of <name>.bin")
+    with open(path, "rb") as f:
+        bins, issame = pickle.load(f, encoding="bytes")
+    images = [np.asarray(Image.open(io.BytesIO(b)).convert("RGB").resize((size, size))) for b in bins]
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), np.asarray(issame, bool)
+
+
+def accuracy_at(threshold: float, dist: np.ndarray, issame: np.ndarray) -> float:
+    return float(((dist < threshold) == issame).mean())
+
+
+def ten_fold_accuracy(emb1: np.ndarray, emb2: np.ndarray, issame: np.ndarray, n_folds: int = 10,
+                      thresholds: np.ndarray = THRESHOLDS) -> dict:
+    """Best threshold (squared L2 of normalised embeddings) on 9 folds, accuracy on the 10th."""
+    dist = ((emb1 - emb2) ** 2).sum(1)
+    accs, best = [], []
+    for train, test in KFold(n_splits=n_folds, shuffle=False).split(dist):
+        train_acc = (dist[train][None, :] < thresholds[:, None]) == issame[train][None, :]
+        threshold = thresholds[int(train_acc.mean(1).argmax())]
+        best.append(threshold)
+        accs.append(accuracy_at(threshold, dist[test], issame[test]))
+    return {"accuracy": float(np.mean(accs)), "std": float(np.std(accs)),
+            "best_threshold": float(np.mean(best)), "fold_accuracies": accs}
+
+
+@torch.no_grad()
+def embed(model: torch.nn.Module, images_uint8: torch.Tensor, batch_size: int = 64,
+          flip: bool = True, device: str | torch.device = "cpu") -> np.ndarray:
+    """L2-normalised embeddings of uint8 images (plus their horizontal flip when flip)."""
+    model.eval()
+    out = []
+    for start in range(0, len(images_uint8), batch_size):
+        x = (images_uint8[start:start + batch_size].to(device).float() - 127.5) / 127.5
+        e = model(x).float()
+        if flip:
+            e = e + model(x.flip(3)).float()
+        out.append(torch.nn.functional.normalize(e).cpu())
+    return torch.cat(out).numpy()
+
+
+def verify(model: torch.nn.Module, images_uint8: torch.Tensor, issame: np.ndarray, flip: bool = True,
+           batch_size: int = 64, device: str | torch.device = "cpu") -> dict:
+    emb = embed(model, images_uint8, batch_size, flip, device)
+    return ten_fold_accuracy(emb[0::2], emb[1::2], issame)
