@@ -64,7 +64,7 @@ class FitOptions:
     order: str = "shared"
     min_per_class: int = 1
     on_degenerate: str = "skip"  # skip | raise
-    tol: float = 1e-4
+    tol: float | None = None  # None: 1e-4 (LinearSVC's default) for svm/batched/logistic, 1e-5 for ridge
     max_iter: int | None = None  # None: 1000 for svm (liblinear), 50 Newton iterations for batched/logistic
     device: str = "cpu"  # batched, ridge, logistic
     chunk_size: int | None = None  # references per chunk; None: from memory_budget_gb
@@ -86,7 +86,7 @@ class FitOptions:
             raise ConfigError(f"boundary.space must be one of {SPACES}, got {result.space!r}")
         if result.on_degenerate not in ("skip", "raise"):
             raise ConfigError(f"boundary.on_degenerate must be 'skip' or 'raise', got {result.on_degenerate!r}")
-        if not result.tol > 0:
+        if result.tol is not None and not result.tol > 0:
             raise ConfigError(f"boundary.tol must be > 0, got {result.tol}")
         if result.chunk_size is not None and result.chunk_size < 1:
             raise ConfigError(f"boundary.chunk_size must be >= 1 or null, got {result.chunk_size}")

@@ -32,8 +32,8 @@ ChunkFit = Callable[[torch.Tensor, Roles, EigenPreconditioner, FitOptions], tupl
 def accuracy(decision: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Fraction of masked codes on the right side (decision > 0 predicts dissimilar, as LinearSVC.predict)."""
     correct = ((decision > 0) == (targets > 0)) & mask
-    count = mask.sum(dim=1)
-    return torch.where(count > 0, correct.sum(dim=1) / count.clamp(min=1), torch.nan)
+    count = mask.sum(dim=1, dtype=torch.int32)
+    return torch.where(count > 0, correct.sum(dim=1, dtype=torch.int32) / count.clamp(min=1), torch.nan)
 
 
 def solve_in_chunks(
@@ -41,7 +41,6 @@ def solve_in_chunks(
 ) -> SolverOutput:
     count, num_codes = labels.shape[0], data.features.shape[0]
     chunk = opts.chunk_size or chunk_size_for(num_codes, opts.memory_budget_gb * 2**30, BYTES_PER_ENTRY)
-    preconditioner = EigenPreconditioner(data.features)
     weights = np.zeros((count, data.latent_dim + 1), dtype=np.float64)
     train_accuracy, val_accuracy = np.zeros(count), np.zeros(count)
     converged = np.zeros(count, dtype=bool)
@@ -53,7 +52,9 @@ def solve_in_chunks(
             # (the rest are validation codes); solving on that block only saves about a quarter of the work.
             used = int(torch.nonzero(roles.train.any(dim=0)).max()) + 1
             block = Roles(roles.targets[:, :used], roles.train[:, :used], roles.val[:, :used])
-            w, done = fit_chunk(data.features[:used], block, preconditioner.restricted(used), opts)
+            features = data.features[:used]
+            preconditioner = EigenPreconditioner(features, (block.train.sum(dim=0, dtype=torch.int32) * 2 > len(block.train)).to(features.dtype))
+            w, done = fit_chunk(features, block, preconditioner, opts)
             decision = w @ data.features.T
             weights[part] = w[:, : data.latent_dim + 1].double().cpu().numpy()
             train_accuracy[part] = accuracy(decision, roles.targets, roles.train).cpu().numpy()
@@ -64,11 +65,11 @@ def solve_in_chunks(
     return SolverOutput(weights, train_accuracy, val_accuracy, converged)
 
 
-def newton_chunk(loss: Loss) -> ChunkFit:
+def newton_chunk(loss: Loss, default_tol: float = 1e-4) -> ChunkFit:
     def fit(features: torch.Tensor, roles: Roles, preconditioner: EigenPreconditioner, opts: FitOptions):
         costs = roles.train.to(features.dtype) * opts.C
-        result = newton_cg(features, roles.targets, costs, loss, preconditioner=preconditioner, tol=opts.tol,
-                           max_iter=opts.max_iter or 50)
+        result = newton_cg(features, roles.targets, costs, loss, preconditioner=preconditioner,
+                           tol=opts.tol or default_tol, max_iter=opts.max_iter or 50)
         return result.weights, result.converged
     return fit
 

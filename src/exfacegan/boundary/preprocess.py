@@ -91,8 +91,8 @@ def check_inputs(latents: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, n
         raise DataError(f"latents must be a [N, d] array, got shape {latents.shape}")
     if labels.ndim != 2 or labels.shape[1] != latents.shape[0] or labels.shape[0] < 1:
         raise DataError(f"labels must be [R, N={latents.shape[0]}] (one row per reference), got shape {labels.shape}")
-    if not np.isin(labels, (-1, 0, 1)).all():
-        raise DataError("labels must hold only 1 (similar), 0 (dissimilar) and -1 (left out)")
+    if not np.issubdtype(labels.dtype, np.integer) or labels.min() < -1 or labels.max() > 1:
+        raise DataError("labels must be integers: 1 (similar), 0 (dissimilar) and -1 (left out)")
     if not np.isfinite(latents).all():
         raise DataError("latents contain NaN or infinite values")
     return latents, labels.astype(np.int8, copy=False)

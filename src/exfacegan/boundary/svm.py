@@ -54,7 +54,7 @@ def solve(data: FitData, labels: np.ndarray, rows: np.ndarray, opts: FitOptions)
 
     results = []
     parallel = Parallel(n_jobs=opts.n_jobs, return_as="generator")
-    jobs = (delayed(_fit_task)(features, batch, opts.C, opts.tol, max_iter) for batch in tasks())
+    jobs = (delayed(_fit_task)(features, batch, opts.C, opts.tol or 1e-4, max_iter) for batch in tasks())
     with tqdm(total=count, desc="boundaries (svm)", unit="ref", disable=not opts.progress) as bar:
         for batch in parallel(jobs):
             results.extend(batch)
