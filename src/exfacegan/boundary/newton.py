@@ -170,9 +170,14 @@ def _line_search(
 def newton_cg(
     features: Tensor, targets: Tensor, costs: Tensor, loss: Loss, *,
     preconditioner: EigenPreconditioner | None = None, tol: float = 1e-4, max_iter: int = 50,
-    max_cg: int = 200, line_search_steps: int = 10, line_search_accuracy: float = 0.1,
+    max_cg: int | None = None, line_search_steps: int = 10, line_search_accuracy: float = 0.1,
 ) -> NewtonResult:
-    """Minimise f_r for every row r of `targets`/`costs` [r, M] on `features` [M, D], from w = 0."""
+    """Minimise f_r for every row r of `targets`/`costs` [r, M] on `features` [M, D], from w = 0.
+
+    `max_cg` caps CG steps per Newton step (default 10: a truncated step and another Newton iteration are
+    cheaper than long CG runs when the active set is small; for a quadratic loss, 500: one exact solve).
+    """
+    max_cg = max_cg or (500 if loss.quadratic else 10)
     preconditioner = preconditioner or EigenPreconditioner(features)
     features_t = features.T.contiguous()
     count, dim = targets.shape[0], features.shape[1]
