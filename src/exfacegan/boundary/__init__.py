@@ -78,6 +78,8 @@ class FitOptions:
         unknown = sorted(set(options) - known)
         if unknown:
             raise ConfigError(f"unknown boundary option(s) {unknown}; valid options are {sorted(known)}")
+        if "device" in options:
+            options = {**options, "device": str(options["device"])}
         result = cls(**options)
         check_options(result.scaling, result.balance, result.val_fraction, result.order, result.min_per_class)
         if not (np.isfinite(result.C) and result.C > 0):

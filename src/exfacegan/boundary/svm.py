@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from exfacegan.boundary import FitOptions, SolverOutput
 from exfacegan.boundary.preprocess import FitData, assign_roles
 
-REFERENCES_PER_TASK = 16
+REFERENCES_PER_TASK = 4
 
 
 def fit_one(features: np.ndarray, train: np.ndarray, val: np.ndarray, targets: np.ndarray,
