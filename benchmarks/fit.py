@@ -168,7 +168,8 @@ def main() -> None:
                 time_text = f"{stats['seconds']:9.2f}"
                 if solver == "svm" and stats["fitted"] < references:
                     time_text = f"~{stats['seconds'] * references / stats['fitted']:8.1f}"
-                line = f"{size:>6} {references:>6} {solver:>9} {time_text} {stats['peak_gb']:8.2f} {stats['baseline_gb']:8.2f}"
+                line = (f"{size:>6} {references:>6} {solver:>9} {time_text} {stats['peak_gb']:8.2f} "
+                        f"{stats['baseline_gb']:8.2f}")
                 if solver == "label":
                     print(line)
                     continue
@@ -180,7 +181,8 @@ def main() -> None:
                     cosines = (svm["normals"][both] * mine["normals"][both]).sum(axis=1)
                     gap = np.abs(svm["val_accuracy"][both] - mine["val_accuracy"][both]).mean()
                     line += (f" {np.median(cosines):8.4f} {np.percentile(cosines, 5):8.4f} "
-                             f"{mine['val_accuracy'][both].mean():11.4f} {svm['val_accuracy'][both].mean():8.4f} {gap:7.4f}")
+                             f"{mine['val_accuracy'][both].mean():11.4f} {svm['val_accuracy'][both].mean():8.4f} "
+                             f"{gap:7.4f}")
                 print(line, flush=True)
             if "svm" in args.solvers and args.svm_sample < references:
                 print(f"       (~: svm time extrapolated from its first {args.svm_sample} references; agreement "

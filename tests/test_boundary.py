@@ -67,7 +67,8 @@ def test_svm_equals_a_direct_linearsvc_fit_and_points_to_the_dissimilar_side(pro
         direct = LinearSVC(dual=False, C=1.0).fit(scaled[train], _dissimilar(labels, row, train))
         normal = direct.coef_.ravel() / np.linalg.norm(direct.coef_)
         assert normal @ svm_result.normals[row] > 0.99999
-        assert svm_result.intercepts[row] == pytest.approx(direct.intercept_[0] / np.linalg.norm(direct.coef_), abs=1e-3)
+        intercept = direct.intercept_[0] / np.linalg.norm(direct.coef_)
+        assert svm_result.intercepts[row] == pytest.approx(intercept, abs=1e-3)
         accuracy = (direct.predict(scaled[val]) == _dissimilar(labels, row, val)).mean()
         assert svm_result.val_accuracy[row] == pytest.approx(accuracy, abs=1e-6)
         # The normal points from the similar codes towards the dissimilar ones: w - u*n keeps the identity.

@@ -34,7 +34,9 @@ def reference_indices(references: int | Sequence[int] | np.ndarray, num_samples:
         return np.arange(count)
     indices = np.asarray(references)
     if indices.ndim != 1 or indices.size == 0 or not np.issubdtype(indices.dtype, np.integer):
-        raise DataError(f"references must be an int or a non-empty 1-D integer array, got {indices.dtype} {indices.shape}")
+        raise DataError(
+            f"references must be an int or a non-empty 1-D integer array, got {indices.dtype} {indices.shape}"
+        )
     if indices.size > num_samples:
         raise ConfigError(f"{indices.size} references but only {num_samples} samples; use at most {num_samples}")
     if indices.min() < 0 or indices.max() >= num_samples:
@@ -104,7 +106,10 @@ def identity_labels(
     device: str | torch.device = "cpu",
     return_thresholds: bool = False,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-    """int8 [R, N] labels (1 similar, 0 dissimilar, -1 left out); with `return_thresholds` also float32 [R] thresholds."""
+    """int8 [R, N] labels (1 similar, 0 dissimilar, -1 left out).
+
+    With `return_thresholds`, also the float32 [R] threshold each reference's codes were compared with.
+    """
     median = _parse_threshold(threshold)
     if not np.isfinite(margin) or margin < 0:
         raise ConfigError(f"margin must be a finite number >= 0, got {margin}")
@@ -140,7 +145,9 @@ def _parse_threshold(threshold: Threshold) -> float | None:
         try:
             threshold = float(threshold)
         except ValueError:
-            raise ConfigError(f"threshold must be 'median' or a cosine similarity in [-1, 1], got {threshold!r}") from None
+            raise ConfigError(
+                f"threshold must be 'median' or a cosine similarity in [-1, 1], got {threshold!r}"
+            ) from None
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating, np.integer)):
         raise ConfigError(f"threshold must be 'median' or a cosine similarity in [-1, 1], got {threshold!r}")
     if not -1.0 <= float(threshold) <= 1.0:

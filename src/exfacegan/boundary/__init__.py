@@ -145,7 +145,9 @@ def fit_boundaries(latents: np.ndarray, labels: np.ndarray, solver: str = "svm",
                                  min_per_class=opts.min_per_class)
     if reasons and opts.on_degenerate == "raise":
         first = next(iter(reasons))
-        raise DataError(f"{len(reasons)} of {count} references cannot be fit, e.g. reference row {first}: {reasons[first]}")
+        raise DataError(
+            f"{len(reasons)} of {count} references cannot be fit, e.g. reference row {first}: {reasons[first]}"
+        )
     fit_rows = np.array([r for r in range(count) if r not in reasons], dtype=np.int64)
     normals = np.zeros((count, dim), dtype=np.float32)
     intercepts = np.zeros(count, dtype=np.float32)

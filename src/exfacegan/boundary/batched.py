@@ -53,7 +53,8 @@ def solve_in_chunks(
             used = int(torch.nonzero(roles.train.any(dim=0)).max()) + 1
             block = Roles(roles.targets[:, :used], roles.train[:, :used], roles.val[:, :used])
             features = data.features[:used]
-            preconditioner = EigenPreconditioner(features, (block.train.sum(dim=0, dtype=torch.int32) * 2 > len(block.train)).to(features.dtype))
+            majority = block.train.sum(dim=0, dtype=torch.int32) * 2 > len(block.train)  # codes most train on
+            preconditioner = EigenPreconditioner(features, majority.to(features.dtype))
             w, done = fit_chunk(features, block, preconditioner, opts)
             decision = w @ data.features.T
             weights[part] = w[:, : data.latent_dim + 1].double().cpu().numpy()
