@@ -147,9 +147,10 @@ def test_original_space_gives_the_same_decision_values(problem, solver):
     in_scaled = _scaled(latents, labels) @ scaled_fit.normals.T + scaled_fit.intercepts
     in_original = latents.astype(np.float64) @ original_fit.normals.T + original_fit.intercepts
     # Both are the same classifier's decision value, each divided by its own (positive) normal length.
-    ratio = in_original / in_scaled
-    np.testing.assert_allclose(ratio, np.broadcast_to(np.median(ratio, axis=0), ratio.shape), rtol=1e-3)
+    # (float32 normals: compare the values, not their ratios, which blow up near the boundary)
+    ratio = np.median(in_original / in_scaled, axis=0)
     assert (ratio > 0).all()
+    np.testing.assert_allclose(in_original, in_scaled * ratio, rtol=1e-3, atol=1e-4 * np.abs(in_original).max())
     np.testing.assert_allclose(np.linalg.norm(original_fit.normals, axis=1), 1.0, atol=1e-6)
     np.testing.assert_array_equal(original_fit.val_accuracy, scaled_fit.val_accuracy)
 

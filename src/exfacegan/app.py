@@ -26,7 +26,10 @@ log = logging.getLogger("exfacegan")
 
 STAGES = ("sample", "label", "fit", "generate", "merge", "analyze")
 # Settings that change speed or placement, never results: left out of fingerprints.
-VOLATILE_KEYS = {"batch_size", "device", "n_jobs", "chunk_size", "num_workers", "shard", "num_shards", "references_per_chunk"}
+VOLATILE_KEYS = {
+    "batch_size", "device", "n_jobs", "chunk_size", "num_workers", "shard", "num_shards", "references_per_chunk",
+    "memory_budget_gb", "progress",
+}
 
 
 def _stable(node: Any) -> Any:
@@ -131,7 +134,8 @@ def run_fit(cfg: DictConfig, run: RunDirectory, out: Path, parts: Components, lo
     solver = options.pop("solver")
     if "device" in options:
         options["device"] = str(parts.device) if options["device"] == "auto" else options["device"]
-    artifacts = fit(out, latents, labelled["labels"], labelled["references"], solver=solver, **options)
+    artifacts = fit(out, latents, labelled["labels"], labelled["references"], solver=solver,
+                    references_per_chunk=cfg.fit.references_per_chunk, **options)
     result = np.load(artifacts.boundaries)
     valid = result["valid"]
     logger.log_metrics({
@@ -231,7 +235,7 @@ def _run_stage(stage: str, cfg: DictConfig, run: RunDirectory, fingerprints: dic
     run.commit(stage_dir)
     if cache is not None:
         cache.store(stage_dir, expected, run.stage_dir(stage_dir))
-    log.info("%s: done", stage)
+    log.info("%s: done, in %s", stage, run.stage_dir(stage_dir))
 
 
 def _parallel_job_number(hydra_cfg: Any) -> int | None:

@@ -129,9 +129,13 @@ def _to_space(weights: np.ndarray, data: FitData, space: str) -> tuple[np.ndarra
     return direction / safe[:, None], intercept / safe, norm
 
 
-def fit_boundaries(latents: np.ndarray, labels: np.ndarray, solver: str = "svm", **options: Any) -> IdentityBoundaries:
+def fit_boundaries(
+    latents: np.ndarray, labels: np.ndarray, solver: str = "svm", *, rows: np.ndarray | None = None, **options: Any
+) -> IdentityBoundaries:
     """One boundary per row of `labels` [R, N] (int8: 1 similar, 0 dissimilar, -1 left out) on `latents` [N, d].
 
+    `rows` fits only those label rows (results in that order) and gives exactly what the full fit gives for
+    them: the preprocessing is always computed from every row, so a fit can be split and resumed in pieces.
     Options (see FitOptions): scaling, balance, val_fraction, C, space, seed, order, min_per_class,
     on_degenerate, tol, max_iter, device, chunk_size, memory_budget_gb, n_jobs, progress.
     """
@@ -140,15 +144,20 @@ def fit_boundaries(latents: np.ndarray, labels: np.ndarray, solver: str = "svm",
     latents, labels = check_inputs(latents, labels)
     if opts.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"boundary.device={opts.device} but CUDA is not available; use device=cpu")
-    count, dim = labels.shape[0], latents.shape[1]
-    reasons = degenerate_reasons(labels, balance=opts.balance, val_fraction=opts.val_fraction,
-                                 min_per_class=opts.min_per_class)
+    selected = np.arange(labels.shape[0]) if rows is None else np.asarray(rows, dtype=np.int64).reshape(-1)
+    if selected.size and (selected.min() < 0 or selected.max() >= labels.shape[0]):
+        raise DataError(f"rows must index the {labels.shape[0]} label rows, got {selected.min()}..{selected.max()}")
+    count, dim = selected.size, latents.shape[1]
+    reasons = {int(selected[position]): why for position, why in degenerate_reasons(
+        labels[selected], balance=opts.balance, val_fraction=opts.val_fraction, min_per_class=opts.min_per_class,
+    ).items()}
     if reasons and opts.on_degenerate == "raise":
         first = next(iter(reasons))
         raise DataError(
             f"{len(reasons)} of {count} references cannot be fit, e.g. reference row {first}: {reasons[first]}"
         )
-    fit_rows = np.array([r for r in range(count) if r not in reasons], dtype=np.int64)
+    fit_positions = np.array([p for p in range(count) if int(selected[p]) not in reasons], dtype=np.int64)
+    fit_rows = selected[fit_positions]
     normals = np.zeros((count, dim), dtype=np.float32)
     intercepts = np.zeros(count, dtype=np.float32)
     val_accuracy = np.zeros(count, dtype=np.float32)
@@ -162,11 +171,11 @@ def fit_boundaries(latents: np.ndarray, labels: np.ndarray, solver: str = "svm",
         for row in fit_rows[no_direction]:
             reasons[int(row)] = "the fitted weights have no direction (zero or non-finite normal)"
         good = ~no_direction
-        normals[fit_rows[good]] = unit[good]
-        intercepts[fit_rows[good]] = intercept[good]
-        val_accuracy[fit_rows[good]] = output.val_accuracy[good]
-        train_accuracy[fit_rows[good]] = output.train_accuracy[good]
-        valid[fit_rows[good]] = True
+        normals[fit_positions[good]] = unit[good]
+        intercepts[fit_positions[good]] = intercept[good]
+        val_accuracy[fit_positions[good]] = output.val_accuracy[good]
+        train_accuracy[fit_positions[good]] = output.train_accuracy[good]
+        valid[fit_positions[good]] = True
         if not output.converged.all():
             warnings.warn(
                 f"{int((~output.converged).sum())} of {fit_rows.size} boundaries ({solver}) stopped at the iteration "

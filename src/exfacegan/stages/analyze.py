@@ -162,8 +162,8 @@ def analyze(
 
     save_json(out_dir / "metrics.json", metrics)
     report = write_report(out_dir, metrics, figures)
-    log.info("analyze: EER %.4f, FMR100 %.4f, FDR %.3f; report in %s",
-             metrics["eer"], metrics["fmr100"], metrics["fdr"], report)
+    log.info("analyze: EER %.4f, FMR100 %.4f, FDR %.3f (%s)", metrics["eer"], metrics["fmr100"], metrics["fdr"],
+             report.name)
     if logger is not None:
         logger.log_metrics({k: v for k, v in metrics.items() if not isinstance(v, (dict, str))}, "analyze")
         for figure in figures.values():

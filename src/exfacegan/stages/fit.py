@@ -7,10 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from exfacegan.boundary import fit_boundaries
 from exfacegan.data.artifacts import save_npz
-from exfacegan.errors import DataError
+from exfacegan.errors import ConfigError, DataError
+from exfacegan.pipeline import ChunkStore
 
 
 @dataclass(frozen=True)
@@ -25,19 +27,43 @@ def fit(
     references: np.ndarray,
     *,
     solver: str = "svm",
+    references_per_chunk: int = 1024,
+    progress: bool = True,
     **options: Any,
 ) -> FitArtifacts:
+    """Write `boundaries.npz` into `out_dir`.
+
+    References are fitted `references_per_chunk` at a time and each finished chunk is saved under
+    `out_dir/chunks`, so an interrupted call resumes with the next chunk; the result does not depend
+    on the chunk size (see `fit_boundaries(rows=...)`).
+    """
     if labels.shape != (len(references), len(latents)):
         raise DataError(
             f"labels have shape {labels.shape}, expected [{len(references)} references, {len(latents)} codes]; "
             "were they computed from these latents?"
         )
-    result = fit_boundaries(latents, labels, solver=solver, **options)
-    artifacts = FitArtifacts(Path(out_dir) / "boundaries.npz")
+    if references_per_chunk < 1:
+        raise ConfigError(f"fit.references_per_chunk must be >= 1, got {references_per_chunk}")
+    out_dir = Path(out_dir)
+    chunks = ChunkStore(out_dir / "chunks")
+    count = len(references)
+    starts = list(range(0, count, references_per_chunk))
+    several = len(starts) > 1
+    with tqdm(total=count, desc=f"boundaries ({solver})", unit="ref", disable=not (progress and several)) as bar:
+        for start in starts:
+            rows = np.arange(start, min(start + references_per_chunk, count))
+            if not chunks.done(start):
+                result = fit_boundaries(latents, labels, solver, rows=rows, progress=progress and not several,
+                                        **options)
+                chunks.save(start, **result._asdict())
+            bar.update(rows.size)
+    result = chunks.concatenate(starts)
+    artifacts = FitArtifacts(out_dir / "boundaries.npz")
     save_npz(
         artifacts.boundaries,
-        normals=result.normals, intercepts=result.intercepts, val_accuracy=result.val_accuracy,
-        train_accuracy=result.train_accuracy, valid=result.valid, references=references,
+        normals=result["normals"], intercepts=result["intercepts"], val_accuracy=result["val_accuracy"],
+        train_accuracy=result["train_accuracy"], valid=result["valid"], references=references,
         reference_latents=latents[references],
     )
+    chunks.remove()
     return artifacts
