@@ -255,5 +255,5 @@ def _logger(cfg: DictConfig, root: Path, hydra_cfg: Any) -> Any:
         name = ",".join(hydra_cfg.overrides.task) or None
     if cfg.logger.get("_target_", "").endswith("NullLogger"):
         return instantiate(cfg.logger)
-    return instantiate(cfg.logger, name=name, group=group, dir=str(root),
-                       config=OmegaConf.to_container(cfg, resolve=True))
+    make_logger = instantiate(cfg.logger, _partial_=True, _convert_="all")  # `config=` clashes with instantiate(config)
+    return make_logger(name=name, group=group, dir=str(root), config=OmegaConf.to_container(cfg, resolve=True))
