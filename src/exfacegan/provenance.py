@@ -8,6 +8,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 import exfacegan
@@ -53,6 +54,8 @@ def write_provenance(path: Path, cfg: DictConfig) -> None:
     save_json(path, {
         "exfacegan_version": exfacegan.__version__,
         "git_revision": git_revision(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
         "command": sys.argv,
         "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "checkpoints": {name: {"path": str(p), "sha256": file_sha256(p)} for name, p in checkpoint_paths(cfg).items()},
