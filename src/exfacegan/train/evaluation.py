@@ -1,6 +1,10 @@
 """10-fold verification on insightface .bin files (pickle of (bins, issame_list))."""
+from __future__ import annotations
+
 import io
 import pickle
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +35,21 @@ def read_bin(path: str | Path, size: int = 112) -> tuple[torch.Tensor, np.ndarra
     path = Path(path)
     if not path.is_file():
         raise DataError(f"verification file {path} not found; set eval.root to the folder of <name>.bin")
-    with open(path, "rb") as f:
-        bins, issame = pickle.load(f, encoding="bytes")
-    images = [np.asarray(Image.open(io.BytesIO(b)).convert("RGB").resize((size, size))) for b in bins]
+    try:
+        with open(path, "rb") as f:
+            bins, issame = pickle.load(f, encoding="bytes")
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            images = list(pool.map(lambda b: _decode(b, size), bins))
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, OSError) as error:
+        raise DataError(f"cannot read {path} as an insightface .bin (pickle of encoded images, issame): {error}") from error
+    if len(images) != 2 * len(issame):
+        raise DataError(f"{path}: {len(images)} images for {len(issame)} pairs; need 2 per pair")
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), np.asarray(issame, bool)
+
+
+def _decode(data: bytes, size: int) -> np.ndarray:
+    image = Image.open(io.BytesIO(bytes(data))).convert("RGB")
+    return np.asarray(image if image.size == (size, size) else image.resize((size, size), Image.BILINEAR))
 
 
 def accuracy_at(threshold: float, dist: np.ndarray, issame: np.ndarray) -> float:
@@ -55,22 +70,57 @@ def ten_fold_accuracy(emb1: np.ndarray, emb2: np.ndarray, issame: np.ndarray, n_
             "best_threshold": float(np.mean(best)), "fold_accuracies": accs}
 
 
+@dataclass
+class VerificationSet:
+    """Images uint8 [N, 3, H, W] and pairs [P, 2] of indices into them with same-identity flags [P]."""
+
+    name: str
+    images: torch.Tensor
+    pairs: np.ndarray
+    issame: np.ndarray
+
+    @classmethod
+    def from_bin(cls, path: str | Path, size: int = 112) -> VerificationSet:
+        images, issame = read_bin(path, size)
+        return cls(Path(path).stem, images, np.arange(len(images)).reshape(-1, 2), issame)
+
+
 @torch.no_grad()
-def embed(model: torch.nn.Module, images_uint8: torch.Tensor, batch_size: int = 64,
-          flip: bool = True, device: str | torch.device = "cpu") -> np.ndarray:
-    """L2-normalised embeddings of uint8 images (plus their horizontal flip when flip)."""
+def embed(model: torch.nn.Module, images_uint8: torch.Tensor, batch_size: int = 64, flip: bool = True,
+          device: str | torch.device = "cpu", autocast_dtype: torch.dtype | None = None,
+          channels_last: bool = False) -> np.ndarray:
+    """L2-normalised embeddings of uint8 images; with `flip`, of the sum of image and mirror embeddings."""
+    device = torch.device(device)
+    was_training = model.training
     model.eval()
     out = []
     for start in range(0, len(images_uint8), batch_size):
         x = (images_uint8[start:start + batch_size].to(device).float() - 127.5) / 127.5
-        e = model(x).float()
-        if flip:
-            e = e + model(x.flip(3)).float()
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            e = model(x).float()
+            if flip:
+                e = e + model(x.flip(3)).float()
         out.append(torch.nn.functional.normalize(e).cpu())
+    model.train(was_training)
     return torch.cat(out).numpy()
 
 
 def verify(model: torch.nn.Module, images_uint8: torch.Tensor, issame: np.ndarray, flip: bool = True,
            batch_size: int = 64, device: str | torch.device = "cpu") -> dict:
+    """10-fold verification of consecutive image pairs (the .bin layout)."""
     emb = embed(model, images_uint8, batch_size, flip, device)
     return ten_fold_accuracy(emb[0::2], emb[1::2], issame)
+
+
+def evaluate(model: torch.nn.Module, sets: list[VerificationSet], **embed_options) -> dict[str, dict]:
+    """Per set: 10-fold accuracy, its std over folds, mean best threshold and the number of pairs."""
+    results = {}
+    for dataset in sets:
+        if len(dataset.pairs) < 10:
+            raise DataError(f"verification set {dataset.name} has {len(dataset.pairs)} pairs; 10 folds need 10+")
+        emb = embed(model, dataset.images, **embed_options)
+        result = ten_fold_accuracy(emb[dataset.pairs[:, 0]], emb[dataset.pairs[:, 1]], dataset.issame)
+        results[dataset.name] = {**result, "pairs": len(dataset.pairs)}
+    return results
