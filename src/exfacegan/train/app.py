@@ -1,0 +1,158 @@
+"""Wiring of `python -m exfacegan.train`: from a composed config to data, model, evaluation sets and the loop."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from exfacegan.data.artifacts import atomic_path, load_json, save_json
+from exfacegan.data.image_folder import ImageFolderDataset
+from exfacegan.errors import ConfigError, DataError
+from exfacegan.loggers import NullLogger
+from exfacegan.train.augment import BatchAugment, RandAugment
+from exfacegan.train.data import load_images, split_holdout, train_loader, verification_pairs
+from exfacegan.train.distributed import Processes, init_processes
+from exfacegan.train.evaluation import VerificationSet, evaluate
+from exfacegan.train.loop import MarginModel, Trainer, load_for_resume, step_decay
+
+log = logging.getLogger("exfacegan.train")
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Keys that change speed, placement or reporting, never the trained weights: a checkpoint resumes across them.
+RESUMABLE_KEYS = ("data.num_workers", "eval.", "logger", "resume", "out_dir", "epochs", "log_every", "device",
+                  "precision", "channels_last")
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype on CUDA (auto: bf16 where supported, else fp16); None (float32) on CPU."""
+    if precision != "auto" and precision not in PRECISIONS:
+        raise ConfigError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
+    if device.type != "cuda":
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return PRECISIONS[precision]
+
+
+def resume_config(cfg: DictConfig, holdout_fraction: float) -> dict[str, Any]:
+    """The flat settings a checkpoint must share with the run that resumes it."""
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            flat[prefix[:-1]] = node
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    flat = {k: v for k, v in flat.items() if not any(k == r or k.startswith(r) for r in RESUMABLE_KEYS)}
+    flat["holdout_fraction"] = holdout_fraction
+    return flat
+
+
+def verification_sets(cfg: DictConfig, dataset: ImageFolderDataset, held_out: Any) -> list[VerificationSet]:
+    sets = [VerificationSet.from_bin(Path(cfg.eval.root) / f"{name}.bin", cfg.data.image_size)
+            for name in cfg.eval.targets]
+    if len(held_out):
+        pairs, issame = verification_pairs(dataset.labels[held_out], cfg.eval.max_pairs, cfg.seed)
+        sets.append(VerificationSet("holdout", load_images(dataset, held_out), pairs, issame))
+    return sets
+
+
+class EvalHistory:
+    """`eval.json`: one record per finished epoch, rewritten atomically; records after `epoch` are dropped."""
+
+    def __init__(self, path: Path, epoch: int) -> None:
+        self.path = path
+        previous = load_json(path)["epochs"] if epoch > 0 and path.is_file() else []
+        self.records = [r for r in previous if r["epoch"] <= epoch]
+
+    def append(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        save_json(self.path, {"epochs": self.records})
+
+
+def _logger(cfg: DictConfig, out_dir: Path, processes: Processes) -> Any:
+    if not processes.is_main or cfg.logger is None or str(cfg.logger.get("_target_", "")).endswith("NullLogger"):
+        return NullLogger()
+    return instantiate(cfg.logger, name=out_dir.name, dir=str(out_dir), config=OmegaConf.to_container(cfg, resolve=True))
+
+
+def run_training(cfg: DictConfig) -> dict[str, Any]:
+    """Train (or resume) in cfg.out_dir; returns the last epoch record (rank 0) or {}."""
+    if OmegaConf.is_missing(cfg.data, "root"):
+        raise ConfigError("data.root is required: python -m exfacegan.train data.root=<folder of identity folders>")
+    targets = list(cfg.eval.targets)
+    if targets and not cfg.eval.root:
+        raise ConfigError(f"eval.targets={targets} needs eval.root, the folder holding <name>.bin")
+    missing = [name for name in targets if not (Path(cfg.eval.root) / f"{name}.bin").is_file()]
+    if missing:
+        raise DataError(f"no {', '.join(f'{name}.bin' for name in missing)} in eval.root={cfg.eval.root}")
+    processes = init_processes(cfg.device)
+    if not processes.is_main:
+        logging.getLogger().setLevel(logging.WARNING)
+    out_dir = Path(cfg.out_dir)
+    dataset = ImageFolderDataset(cfg.data.root, size=cfg.data.image_size)
+    holdout_fraction = 0.0 if targets else float(cfg.eval.holdout_fraction)
+    train_indices, held_out = split_holdout(dataset.labels, holdout_fraction, cfg.seed)
+    device = processes.device
+    loader = train_loader(dataset, train_indices, cfg.batch_size, rank=processes.rank,
+                          world_size=processes.world_size, num_workers=cfg.data.num_workers, seed=cfg.seed,
+                          pin_memory=device.type == "cuda")
+    sets = verification_sets(cfg, dataset, held_out) if processes.is_main else []
+
+    torch.manual_seed(cfg.seed)
+    backbone = instantiate(cfg.model, _convert_="all")
+    head = instantiate(cfg.head, embedding_dim=backbone.num_features, num_classes=len(dataset.classes))
+    channels_last = bool(cfg.channels_last) and device.type == "cuda"
+    model = MarginModel(backbone, head).to(device, memory_format=torch.channels_last if channels_last else
+                                            torch.contiguous_format)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    dtype = autocast_dtype(cfg.precision, device)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=cfg.optimizer.lr,
+                                momentum=cfg.optimizer.momentum, weight_decay=cfg.optimizer.weight_decay)
+    scheduler = step_decay(optimizer, len(loader), list(cfg.schedule.milestones), cfg.schedule.gamma,
+                           cfg.schedule.warmup_epochs, cfg.schedule.unit)
+    augment_cfg = cfg.augment
+    randaugment = RandAugment(**augment_cfg.randaugment) if augment_cfg.randaugment else None
+    config = resume_config(cfg, holdout_fraction)
+    state = load_for_resume(out_dir / "last.pt", config, cfg.resume)
+    logger = _logger(cfg, out_dir, processes)
+    trainer = Trainer(model, optimizer, scheduler, out_dir / "last.pt", processes, dtype, channels_last,
+                      BatchAugment(augment_cfg.flip, randaugment), cfg.optimizer.clip_grad_norm, cfg.seed, config,
+                      logger, cfg.log_every)
+    if state is not None:
+        trainer.load_state_dict(state)
+        log.info("resumed from %s at epoch %d, step %d", out_dir / "last.pt", trainer.epoch, trainer.step)
+    log.info("%d identities, %d training images (%d held out), %d steps per epoch of %d images on %d process(es), "
+             "%s, %s", len(dataset.classes), len(train_indices), len(held_out), len(loader), cfg.batch_size,
+             processes.world_size, device, dtype or torch.float32)
+    history = EvalHistory(out_dir / "eval.json", trainer.epoch)
+
+    def on_epoch_end(record: dict[str, Any]) -> None:
+        record["world_size"] = processes.world_size
+        record["eval"] = evaluate(backbone, sets, batch_size=cfg.eval.batch_size, flip=cfg.eval.flip,
+                                  device=device, autocast_dtype=dtype, channels_last=channels_last)
+        for name, result in record["eval"].items():
+            log.info("epoch %d %s: accuracy %.4f +- %.4f, threshold %.3f (%d pairs)", record["epoch"], name,
+                     result["accuracy"], result["std"], result["best_threshold"], result["pairs"])
+        history.append(record)
+        metrics = {k: v for k, v in record.items() if isinstance(v, (int, float))}
+        metrics.update({f"{name}_{key}": result[key] for name, result in record["eval"].items()
+                        for key in ("accuracy", "std", "best_threshold")})
+        logger.log_metrics(metrics, "epoch")
+
+    try:
+        trainer.fit(loader, cfg.epochs, on_epoch_end)
+        if processes.is_main:
+            with atomic_path(out_dir / "backbone.pt") as tmp:
+                torch.save(backbone.state_dict(), tmp)
+    finally:
+        logger.finish()
+    return history.records[-1] if processes.is_main and history.records else {}
