@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from exfacegan.errors import ConfigError, DataError
-from exfacegan.stages.generate import OffsetSpec, generate, identity_codes
+from exfacegan.stages.generate import OffsetSpec, finalize, generate, identity_codes
 from toys import ToyAligner, ToyGenerator
 
 
@@ -47,8 +47,9 @@ def test_codes_of_a_reference_do_not_depend_on_its_neighbours():
 def _run(out: Path, **kw):
     generator = ToyGenerator()
     w, n = _boundaries(r=5, d=generator.w_dim)
+    kw.setdefault("references_per_chunk", 2)
     return generate(out, generator, ToyAligner(kw.pop("drop_above", 2.0)), reference_latents=w, normals=n,
-                    offsets=OffsetSpec(per_class=3, max_off=1.0), references_per_chunk=2, batch_size=4, **kw)
+                    offsets=OffsetSpec(per_class=3, max_off=1.0), batch_size=4, **kw)
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -69,9 +70,11 @@ def test_same_seed_gives_identical_dataset_and_shards_match(tmp_path):
     whole = _files(_run(tmp_path / "a").dataset)
     again = _files(_run(tmp_path / "b").dataset)
     assert whole == again
-    assert _run(tmp_path / "s", shard=0, num_shards=2) is None  # not finished until every shard is
-    sharded = _run(tmp_path / "s", shard=1, num_shards=2)
-    assert _files(sharded.dataset) == whole
+    assert _run(tmp_path / "s", shard=1, num_shards=2) is None  # shards never finish the stage: merge does
+    with pytest.raises(DataError, match="2 of 3 chunks are not generated yet"):
+        finalize(tmp_path / "s")
+    assert _run(tmp_path / "s", shard=0, num_shards=2) is None
+    assert _files(finalize(tmp_path / "s").dataset) == whole
 
 
 def test_resume_skips_recorded_chunks_and_rewrites_partial_ones(tmp_path):
@@ -107,3 +110,11 @@ def test_bad_inputs_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="min_off"):
         generate(tmp_path, generator, ToyAligner(), reference_latents=w, normals=n, offsets=OffsetSpec(min_off=3, max_off=1))
     assert not (tmp_path / "dataset").exists()
+
+
+def test_resume_keeps_the_chunking_the_stage_started_with(tmp_path):
+    reference = _run(tmp_path / "ref")
+    assert _run(tmp_path / "run", shard=0, num_shards=2) is None  # chunks of 2 references
+    resumed = _run(tmp_path / "run", references_per_chunk=3)  # would overlap the recorded chunks
+    assert resumed.manifest.read_bytes() == reference.manifest.read_bytes()  # no row twice
+    assert _files(resumed.dataset) == _files(reference.dataset)

@@ -4,6 +4,11 @@ For reference r with latent w_r and unit normal n_r (pointing to the dissimilar 
 holds images of `w_r - u ⊙ n_r` and, with `both_sides`, class 2r+1 holds `w_r + u ⊙ n_r`, with
 u ~ U(min_off, max_off) per dimension. Each class draws from its own seeded generator and references
 are processed in fixed chunks, so the output does not depend on sharding or on interruptions.
+
+A stage folder holds `plan.json` (how references are chunked, fixed when the stage starts),
+`progress/<chunk>.csv` (the manifest rows of each completed chunk) and `dataset/`. An unsharded
+call finishes the stage itself; shards only add chunks, and `finalize` (the merge stage) combines
+them once every chunk is recorded, so that concurrent shards never finish the same folder twice.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from exfacegan.data.artifacts import atomic_path, save_json
+from exfacegan.data.artifacts import atomic_path, load_json, save_json
 from exfacegan.data.images import IMAGE_FORMATS, write_images
 from exfacegan.errors import ConfigError, DataError
 from exfacegan.gans.latent import Truncation, synthesize, to_uint8
@@ -27,6 +32,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST_FIELDS = ["path", "class", "reference", "side", "k", "offset_seed", "found"]
 SIDES = ("same", "other")
+PLAN_FILE = "plan.json"
 
 
 @dataclass(frozen=True)
@@ -99,7 +105,7 @@ def generate(
     num_shards: int = 1,
     device: str | torch.device = "cpu",
 ) -> GenerateArtifacts | None:
-    """Write this shard's identities into `out_dir/dataset`; returns the artifacts once all shards are done.
+    """Write this shard's identities into `out_dir/dataset`; unsharded, finish the stage and return its artifacts.
 
     Completed chunks are recorded in `out_dir/progress`, so a killed call resumes without redoing them.
     """
@@ -113,8 +119,11 @@ def generate(
         )
     if not 0 <= shard < num_shards:
         raise ConfigError(f"generate.shard must be in [0, {num_shards}), got {shard}")
+    if references_per_chunk < 1:
+        raise ConfigError(f"generate.references_per_chunk must be at least 1, got {references_per_chunk}")
     out_dir = Path(out_dir)
     valid = np.ones(len(normals), bool) if valid is None else valid.astype(bool)
+    references_per_chunk = _plan(out_dir, len(normals), references_per_chunk)
     chunks = list(range(0, len(normals), references_per_chunk))
     mine = np.array_split(np.array(chunks), num_shards)[shard].tolist()
     progress = out_dir / "progress"
@@ -146,18 +155,45 @@ def generate(
                 path.mkdir(parents=True, exist_ok=True)
             write_images(paths, to_uint8(faces[keep.to(faces.device)]), quality=jpeg_quality)
         _write_rows(record, rows)
-    if not all((progress / f"{start:06d}.csv").is_file() for start in chunks):
+    if num_shards > 1:
         log.info("shard %d/%d done; run the merge stage once every shard has finished", shard, num_shards)
         return None
     return finalize(out_dir)
 
 
+def _plan(out_dir: Path, num_references: int, references_per_chunk: int) -> int:
+    """The chunk size of this stage folder: the one it was started with, which its progress records follow."""
+    path = out_dir / PLAN_FILE
+    if not path.is_file():
+        save_json(path, {"references": num_references, "references_per_chunk": references_per_chunk})
+        return references_per_chunk
+    plan = load_json(path)
+    if plan["references"] != num_references:
+        raise DataError(f"{out_dir} was started for {plan['references']} references, not {num_references}")
+    if plan["references_per_chunk"] != references_per_chunk:
+        log.info("resuming with generate.references_per_chunk=%d, the value this stage started with",
+                 plan["references_per_chunk"])
+    return plan["references_per_chunk"]
+
+
 def finalize(out_dir: Path) -> GenerateArtifacts:
-    """Combine the chunk records into `manifest.csv` and `stats.json`."""
+    """Check that every chunk is recorded, then combine the records into `manifest.csv` and `stats.json`."""
     out_dir = Path(out_dir)
-    for stray in (out_dir / "dataset").glob("*/.*.tmp"):  # left by a writer that was killed
+    progress = out_dir / "progress"
+    if not (out_dir / PLAN_FILE).is_file():
+        raise DataError(f"{out_dir} holds no generated chunks; run the generate stage (or its shards) first")
+    plan = load_json(out_dir / PLAN_FILE)
+    chunks = range(0, plan["references"], plan["references_per_chunk"])
+    absent = [start for start in chunks if not (progress / f"{start:06d}.csv").is_file()]
+    if absent:
+        raise DataError(
+            f"{len(absent)} of {len(chunks)} chunks are not generated yet (the first holds references "
+            f"{absent[0]}-{min(absent[0] + plan['references_per_chunk'], plan['references']) - 1}); "
+            "finish every generate shard before merging"
+        )
+    for stray in out_dir.rglob(".*.tmp"):  # left by a killed writer
         stray.unlink()
-    rows = [row for record in sorted((out_dir / "progress").glob("*.csv")) for row in _read_rows(record)]
+    rows = [row for start in chunks for row in _read_rows(progress / f"{start:06d}.csv")]
     kept = [row for row in rows if row["found"] == "1"]
     missing = [row["path"] for row in kept if not (out_dir / "dataset" / row["path"]).is_file()]
     if missing:
