@@ -70,3 +70,15 @@ def test_chunk_store_concatenates_in_order(tmp_path):
     store.save(0, x=np.arange(4))
     assert store.done(0) and store.done(4) and not store.done(8)
     np.testing.assert_array_equal(store.concatenate([0, 4])["x"], np.arange(6))
+
+
+def test_only_partial_folders_this_process_created_and_left_empty_are_discarded(tmp_path):
+    run = RunDirectory(tmp_path)
+    run.begin("sample", "fp", overwrite=False)  # nothing saved but the marker
+    (run.begin("label", "fp", overwrite=False) / "chunk.npz").write_bytes(b"work")
+    theirs = run.partial_dir("fit")  # as made by another process (a shard)
+    theirs.mkdir()
+    (theirs / "fingerprint.json").write_text('{"stage": "fit", "fingerprint": "fp"}')
+    assert run.discard_unstarted() == [run.partial_dir("sample")]
+    assert run.partial_dir("label").is_dir() and theirs.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fit.partial", "label.partial"]  # no temporary folder

@@ -25,6 +25,8 @@ from exfacegan.provenance import write_provenance
 log = logging.getLogger("exfacegan")
 
 STAGES = ("sample", "label", "fit", "generate", "merge", "analyze")
+# The finished stages each stage reads.
+UPSTREAM = {"label": ("sample",), "fit": ("sample", "label"), "generate": ("fit",), "analyze": ("fit", "generate")}
 # Settings that change speed or placement, never results: left out of fingerprints.
 VOLATILE_KEYS = {
     "batch_size", "device", "n_jobs", "chunk_size", "num_workers", "shard", "num_shards", "references_per_chunk",
@@ -196,10 +198,13 @@ def run_pipeline(cfg: DictConfig) -> RunDirectory:
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
     root = Path(cfg.run_dir) if cfg.run_dir else Path(hydra_cfg.runtime.output_dir)
     run = RunDirectory(root)
+    fingerprints = stage_fingerprints(cfg)
+    if not cfg.overwrite:  # refuse before this config is recorded in the run directory
+        for stage in stages:
+            run.check_finished("generate" if stage == "merge" else stage, fingerprints[stage])
     root.mkdir(parents=True, exist_ok=True)
     save_text(root / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     write_provenance(root / "provenance.json", cfg)
-    fingerprints = stage_fingerprints(cfg)
     cache = StageCache(Path(cfg.cache_dir)) if cfg.cache_dir else None
     parts = Components(cfg, resolve_device(cfg.device, _parallel_job_number(hydra_cfg)))
     logger = _logger(cfg, root, hydra_cfg)
@@ -224,6 +229,8 @@ def _run_stage(stage: str, cfg: DictConfig, run: RunDirectory, fingerprints: dic
         return
     if finished is not None and not cfg.overwrite:
         run.begin(stage_dir, expected, overwrite=False)  # raises with the explanation
+    for needed in UPSTREAM.get(stage_dir, ()):
+        run.check_finished(needed, fingerprints[needed], needed_by=stage)
     if stage != "merge" and cache is not None and cache.fetch(stage_dir, expected, run.stage_dir(stage_dir)):
         log.info("%s: reused the cached result %s", stage, cache.entry(stage_dir, expected))
         return

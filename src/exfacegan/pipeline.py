@@ -27,6 +27,8 @@ from exfacegan.errors import ConfigError
 log = logging.getLogger(__name__)
 
 FINGERPRINT_FILE = "fingerprint.json"
+# Partial stage folders this process created: the only ones RunDirectory.discard_unstarted may remove.
+_created_here: set[Path] = set()
 
 
 def fingerprint(payload: Any) -> str:
@@ -58,14 +60,26 @@ class RunDirectory:
             raise ConfigError(f"no finished '{stage}' stage in {self.root}; run it first (add it to stages=[...])")
         return path
 
-    def begin(self, stage: str, stage_fingerprint: str, *, overwrite: bool) -> Path:
-        """The partial folder to compute `stage` into, resuming one with the same fingerprint."""
+    def check_finished(self, stage: str, stage_fingerprint: str, *, needed_by: str | None = None) -> None:
+        """Refuse a finished `stage` computed from another configuration than `stage_fingerprint` stands for,
+        to be replaced by this run or, with `needed_by`, to be read by that stage."""
         finished = self.finished_fingerprint(stage)
-        if finished is not None and finished != stage_fingerprint and not overwrite:
+        if finished is None or finished == stage_fingerprint:
+            return
+        if needed_by is None:
             raise ConfigError(
                 f"{self.stage_dir(stage)} was computed from another configuration; "
                 "pass overwrite=true to replace it, or use another run_dir"
             )
+        raise ConfigError(
+            f"{needed_by} would read {self.stage_dir(stage)}, which was computed from another configuration; "
+            f"add {stage} to stages=[...] with overwrite=true, or use the settings it was computed with"
+        )
+
+    def begin(self, stage: str, stage_fingerprint: str, *, overwrite: bool) -> Path:
+        """The partial folder to compute `stage` into, resuming one with the same fingerprint."""
+        if not overwrite:
+            self.check_finished(stage, stage_fingerprint)
         partial = self.partial_dir(stage)
         marker = partial / FINGERPRINT_FILE
         if partial.exists() and (not marker.is_file() or load_json(marker)["fingerprint"] != stage_fingerprint):
@@ -73,11 +87,42 @@ class RunDirectory:
             shutil.rmtree(partial)
         if partial.exists():
             log.info("resuming the unfinished '%s' stage in %s", stage, partial)
-        partial.mkdir(parents=True, exist_ok=True)
-        save_json(marker, {"stage": stage, "fingerprint": stage_fingerprint})
+        else:
+            self._create_partial(stage, stage_fingerprint)
         return partial
 
+    def _create_partial(self, stage: str, stage_fingerprint: str) -> None:
+        """Make the partial folder appear with its marker in one rename, so that shards starting together
+        never see it without one (which would make them discard it)."""
+        partial = self.partial_dir(stage)
+        fresh = partial.with_name(f".{partial.name}.{os.getpid()}.new")
+        shutil.rmtree(fresh, ignore_errors=True)
+        fresh.mkdir(parents=True)
+        save_json(fresh / FINGERPRINT_FILE, {"stage": stage, "fingerprint": stage_fingerprint})
+        try:
+            os.rename(fresh, partial)
+        except OSError:  # another shard created it first
+            shutil.rmtree(fresh, ignore_errors=True)
+            return
+        _created_here.add(partial.resolve())
+
+    def discard_unstarted(self) -> list[Path]:
+        """Remove the partial stage folders that this process created and saved nothing in but the marker.
+
+        A run stopped by bad input then leaves no trace; folders of other processes (shards) are left alone.
+        """
+        discarded = []
+        for partial in sorted(self.root.glob("*.partial")):
+            key = partial.resolve()
+            if key in _created_here and [p.name for p in partial.iterdir()] == [FINGERPRINT_FILE]:
+                shutil.rmtree(partial)
+                _created_here.discard(key)
+                discarded.append(partial)
+        return discarded
+
     def commit(self, stage: str) -> Path:
+        for stray in self.partial_dir(stage).rglob(".*.tmp"):  # temporary files of a killed writer
+            stray.unlink()
         replace_dir(self.partial_dir(stage), self.stage_dir(stage))
         return self.stage_dir(stage)
 

@@ -33,9 +33,21 @@ def main(cfg: DictConfig) -> None:
         cause = user_error(error)
         if cause is None:
             raise
+        _discard_unstarted_stages(cfg)
         log.error("%s", cause)
         print(f"exfacegan: error: {cause}", file=sys.stderr)
         sys.exit(2)
+
+
+def _discard_unstarted_stages(cfg: DictConfig) -> None:
+    """Bad input found once a stage had begun leaves no empty `<stage>.partial` folder behind."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from exfacegan.pipeline import RunDirectory
+
+    root = cfg.run_dir or (HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else None)
+    if root is not None and Path(root).is_dir():
+        RunDirectory(Path(root)).discard_unstarted()
 
 
 def user_error(error: BaseException | None) -> ExFaceGANError | None:
