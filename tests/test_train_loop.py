@@ -27,8 +27,8 @@ def _trainer(checkpoint, steps_per_epoch, processes=None, seed=0, config=CONFIG)
     return Trainer(model, optimizer, scheduler, checkpoint, processes or Processes(), config=config, seed=0)
 
 
-def _run(checkpoint, epochs, resume=False, seed=0):
-    loader = train_loader(_dataset(), np.arange(26), batch_size=8, num_workers=0)
+def _run(checkpoint, epochs, resume=False, seed=0, num_workers=0):
+    loader = train_loader(_dataset(), np.arange(26), batch_size=8, num_workers=num_workers)
     trainer = _trainer(checkpoint, len(loader), seed=seed)
     if resume:
         trainer.load_state_dict(load_for_resume(checkpoint, CONFIG, "true"))
@@ -37,7 +37,7 @@ def _run(checkpoint, epochs, resume=False, seed=0):
 
 
 def test_resume_continues_from_saved_step_with_the_same_optimizer_state(tmp_path):
-    straight, losses = _run(tmp_path / "a.pt", 3)
+    straight, losses = _run(tmp_path / "a.pt", 3, num_workers=1)  # a persistent worker: one iterator for all epochs
     _run(tmp_path / "b.pt", 1)
     saved = torch.load(tmp_path / "b.pt", weights_only=True)
     assert (saved["epoch"], saved["step"]) == (1, 3)  # 26 images, batch 8, the incomplete batch dropped
@@ -47,7 +47,7 @@ def test_resume_continues_from_saved_step_with_the_same_optimizer_state(tmp_path
     for expected, buffer in zip(saved["optimizer"]["state"].values(), momentum):
         torch.testing.assert_close(buffer, expected["momentum_buffer"])
     assert resumed.step == 3 and resumed.scheduler.last_epoch == 3
-    resumed_losses = resumed.fit(train_loader(_dataset(), np.arange(26), batch_size=8, num_workers=0), 3)
+    resumed_losses = resumed.fit(train_loader(_dataset(), np.arange(26), batch_size=8, num_workers=1), 3)
     assert resumed.step == 9 and len(resumed_losses) == 6
     np.testing.assert_allclose(resumed_losses, losses[3:], rtol=1e-5)
     for p, q in zip(straight.model.parameters(), resumed.model.parameters()):

@@ -127,12 +127,13 @@ class Trainer:
         losses: list[float] = []
         set_epoch = getattr(getattr(loader, "sampler", None), "set_epoch", None)
         while self.epoch < epochs:
-            torch.manual_seed(self.seed + 1_000_003 * self.epoch + self.processes.rank)
             if set_epoch is not None:
                 set_epoch(self.epoch)
+            batches = iter(loader)  # may draw worker seeds from the global RNG, on some epochs only: seed after
+            torch.manual_seed(self.seed + 1_000_003 * self.epoch + self.processes.rank)
             self.model.train()
             start, epoch_losses, images = time.perf_counter(), [], 0
-            for batch_images, labels in loader:
+            for batch_images, labels in batches:
                 epoch_losses.append(self._step(batch_images, labels))
                 images += len(labels) * self.processes.world_size
                 self.step += 1
