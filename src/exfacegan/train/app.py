@@ -11,11 +11,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from exfacegan.data.artifacts import atomic_path, load_json, save_json
 from exfacegan.data.image_folder import ImageFolderDataset
-from exfacegan.errors import ConfigError, DataError
+from exfacegan.errors import CheckpointError, ConfigError, DataError
 from exfacegan.loggers import NullLogger
 from exfacegan.train.augment import BatchAugment, RandAugment
 from exfacegan.train.data import load_images, split_holdout, train_loader, verification_pairs
-from exfacegan.train.distributed import Processes, init_processes
+from exfacegan.train.distributed import Processes, init_processes, same_everywhere
 from exfacegan.train.evaluation import VerificationSet, evaluate
 from exfacegan.train.loop import MarginModel, Trainer, load_for_resume, step_decay
 
@@ -80,7 +80,9 @@ class EvalHistory:
 def _logger(cfg: DictConfig, out_dir: Path, processes: Processes) -> Any:
     if not processes.is_main or cfg.logger is None or str(cfg.logger.get("_target_", "")).endswith("NullLogger"):
         return NullLogger()
-    return instantiate(cfg.logger, name=out_dir.name, dir=str(out_dir), config=OmegaConf.to_container(cfg, resolve=True))
+    # `config` is also the name of instantiate's first parameter, hence the partial
+    build = instantiate(cfg.logger, _partial_=True)
+    return build(name=out_dir.name, dir=str(out_dir), config=OmegaConf.to_container(cfg, resolve=True))
 
 
 def run_training(cfg: DictConfig) -> dict[str, Any]:
@@ -129,6 +131,10 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
                       logger, cfg.log_every)
     if state is not None:
         trainer.load_state_dict(state)
+    if not same_everywhere((trainer.epoch, trainer.step), processes):
+        raise CheckpointError(f"the processes found different checkpoints in out_dir={out_dir}; "
+                              "put out_dir on a file system that every node shares")
+    if state is not None:
         log.info("resumed from %s at epoch %d, step %d", out_dir / "last.pt", trainer.epoch, trainer.step)
     log.info("%d identities, %d training images (%d held out), %d steps per epoch of %d images on %d process(es), "
              "%s, %s", len(dataset.classes), len(train_indices), len(held_out), len(loader), cfg.batch_size,
@@ -153,6 +159,10 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
         if processes.is_main:
             with atomic_path(out_dir / "backbone.pt") as tmp:
                 torch.save(backbone.state_dict(), tmp)
+            if history.records:
+                first, last = history.records[0], history.records[-1]
+                log.info("done: epoch %d, step %d; mean loss %.4f (epoch 1) -> %.4f (epoch %d); %s",
+                         last["epoch"], last["step"], first["loss"], last["loss"], last["epoch"], out_dir)
     finally:
         logger.finish()
     return history.records[-1] if processes.is_main and history.records else {}

@@ -55,8 +55,7 @@ def init_processes(device: str = "auto") -> Processes:
         torch.cuda.set_device(resolved)
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if resolved.type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=BARRIER_TIMEOUT,
-                                device_id=resolved if resolved.type == "cuda" else None)
+        dist.init_process_group(backend, timeout=BARRIER_TIMEOUT)
     return Processes(rank, local_rank, world_size, resolved)
 
 
@@ -72,3 +71,12 @@ def all_mean(value: torch.Tensor, processes: Processes) -> torch.Tensor:
     value = value.detach().clone().to(processes.device)
     dist.all_reduce(value)
     return value / processes.world_size
+
+
+def same_everywhere(value: object, processes: Processes) -> bool:
+    """Whether every process holds an equal `value` (a small picklable object)."""
+    if not processes.distributed:
+        return True
+    values: list[object] = [None] * processes.world_size
+    dist.all_gather_object(values, value)
+    return all(v == values[0] for v in values)
