@@ -1,0 +1,58 @@
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from exfacegan.embedders.iresnet import ARCHITECTURES, IResNet
+from exfacegan.errors import ConfigError
+from exfacegan.run import CONFIG_DIR
+from exfacegan.train.app import autocast_dtype, resume_config
+from exfacegan.train.heads import ArcFace, CosFace
+from exfacegan.train.models import SmallIResNet
+
+
+def _compose(*overrides):
+    with initialize_config_dir(str(CONFIG_DIR / "train"), version_base="1.3"):
+        return compose("config", overrides=["data.root=x", "out_dir=unused", *overrides])
+
+
+def test_paper_recipe_is_the_default():
+    cfg = _compose()
+    assert (cfg.batch_size, cfg.epochs, cfg.optimizer.lr, cfg.optimizer.momentum, cfg.optimizer.weight_decay) == (
+        512, 40, 0.1, 0.9, 5e-4)
+    assert list(cfg.schedule.milestones) == [22, 30, 35] and cfg.schedule.gamma == 0.1
+    assert cfg.augment.flip and dict(cfg.augment.randaugment) == {"num_ops": 4, "magnitude": 16}
+    head = instantiate(cfg.head, embedding_dim=512, num_classes=10)
+    assert isinstance(head, CosFace) and (head.s, head.m) == (64.0, 0.35)
+    assert cfg.model.arch == "iresnet50"
+
+
+@pytest.mark.parametrize("name", ["iresnet18", "iresnet34", "iresnet50", "iresnet100"])
+def test_model_group_builds_the_named_iresnet(name):
+    model = instantiate(_compose(f"model={name}").model, _convert_="all")
+    assert isinstance(model, IResNet) and model.layers == ARCHITECTURES[name] and model.num_features == 512
+
+
+def test_smoke_recipe_picks_the_small_model_and_arcface_is_selectable():
+    cfg = _compose("recipe=smoke", "head=arcface")
+    model = instantiate(cfg.model, _convert_="all")
+    assert isinstance(model, SmallIResNet)
+    assert model(torch.zeros(2, 3, 112, 112)).shape == (2, 128)
+    assert isinstance(instantiate(cfg.head, embedding_dim=128, num_classes=3), ArcFace)
+    assert _compose("recipe=smoke", "model=iresnet18").model.arch == "iresnet18"  # the command line wins
+
+
+def test_resume_config_ignores_placement_and_reporting_only():
+    base = resume_config(_compose(), 0.1)
+    assert base == resume_config(_compose("epochs=50", "data.num_workers=1", "eval.flip=false", "logger=none",
+                                          "precision=fp16", "resume=true"), 0.1)
+    assert base != resume_config(_compose("head.m=0.3"), 0.1)
+    assert base != resume_config(_compose("data.root=y"), 0.1)
+    assert base != resume_config(_compose(), 0.0)  # a hold-out split changes the training images
+
+
+def test_precision():
+    cpu = torch.device("cpu")
+    assert autocast_dtype("auto", cpu) is None and autocast_dtype("fp16", cpu) is None
+    with pytest.raises(ConfigError, match="precision"):
+        autocast_dtype("fp8", cpu)
