@@ -103,8 +103,8 @@ def test_torchrun_two_processes_take_the_same_steps_per_epoch(dataset):
 def test_one_line_errors(dataset):
     result = _train(["logger=none"])
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1] == (
-        "exfacegan.train: error: data.root is required: python -m exfacegan.train data.root=<folder of identity folders>")
+    expected = "data.root is required: python -m exfacegan.train data.root=<folder of identity folders>"
+    assert result.stderr.strip().splitlines()[-1] == f"exfacegan.train: error: {expected}"
     result = _train([f"data.root={dataset / 'images'}", "logger=none", "eval.targets=[lfw,pairs]",
                      f"eval.root={dataset}", f"out_dir={dataset / 'err'}"])
     assert result.returncode == 2

@@ -52,7 +52,8 @@ def _geometric(name: str, x: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         shift[:, 1] = value * h
     else:
         angle = value * (math.pi / 180)
-        linear = torch.stack([torch.stack([angle.cos(), -angle.sin()], 1), torch.stack([angle.sin(), angle.cos()], 1)], 1)
+        cos, sin = angle.cos(), angle.sin()
+        linear = torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)
     return _warp(x, _about_centre(linear, shift, h, w))
 
 

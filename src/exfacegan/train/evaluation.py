@@ -41,7 +41,7 @@ def read_bin(path: str | Path, size: int = 112) -> tuple[torch.Tensor, np.ndarra
         with ThreadPoolExecutor(max_workers=8) as pool:
             images = list(pool.map(lambda b: _decode(b, size), bins))
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, OSError) as error:
-        raise DataError(f"cannot read {path} as an insightface .bin (pickle of encoded images, issame): {error}") from error
+        raise DataError(f"cannot read {path} as an insightface .bin (pickled images, issame): {error}") from error
     if len(images) != 2 * len(issame):
         raise DataError(f"{path}: {len(images)} images for {len(issame)} pairs; need 2 per pair")
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), np.asarray(issame, bool)

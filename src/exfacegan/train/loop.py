@@ -40,7 +40,8 @@ class MarginModel(nn.Module):
 
 
 def step_decay(optimizer: torch.optim.Optimizer, steps_per_epoch: int, milestones: Sequence[float],
-               gamma: float = 0.1, warmup_epochs: float = 0.0, unit: str = "epoch") -> torch.optim.lr_scheduler.LambdaLR:
+               gamma: float = 0.1, warmup_epochs: float = 0.0,
+               unit: str = "epoch") -> torch.optim.lr_scheduler.LambdaLR:
     """LR factor per optimizer step: linear warmup over `warmup_epochs`, then x`gamma` at each milestone.
     Milestones count epochs (`unit="epoch"`, as in the paper) or optimizer steps (`unit="step"`)."""
     if unit not in ("epoch", "step"):
@@ -102,7 +103,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.autocast_dtype == torch.float16)
         self.runner: nn.Module = self.model
         if self.processes.distributed:
-            self.runner = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+            device_ids = [device.index] if device.type == "cuda" else None
+            self.runner = DistributedDataParallel(self.model, device_ids=device_ids)
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
