@@ -112,8 +112,8 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     backbone = instantiate(cfg.model, _convert_="all")
     head = instantiate(cfg.head, embedding_dim=backbone.num_features, num_classes=len(dataset.classes))
     channels_last = bool(cfg.channels_last) and device.type == "cuda"
-    model = MarginModel(backbone, head).to(device, memory_format=torch.channels_last if channels_last else
-                                            torch.contiguous_format)
+    memory_format = torch.channels_last if channels_last else torch.preserve_format
+    model = MarginModel(backbone, head).to(device, memory_format=memory_format)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     dtype = autocast_dtype(cfg.precision, device)
