@@ -1,12 +1,14 @@
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from exfacegan.embedders.iresnet import ARCHITECTURES, IResNet
-from exfacegan.errors import ConfigError
+from exfacegan.errors import ConfigError, DataError
 from exfacegan.run import CONFIG_DIR
-from exfacegan.train.app import autocast_dtype, resume_config
+from exfacegan.train.app import autocast_dtype, resume_config, run_training
 from exfacegan.train.heads import ArcFace, CosFace
 from exfacegan.train.models import SmallIResNet
 
@@ -56,3 +58,16 @@ def test_precision():
     assert autocast_dtype("auto", cpu) is None and autocast_dtype("fp16", cpu) is None
     with pytest.raises(ConfigError, match="precision"):
         autocast_dtype("fp8", cpu)
+
+
+def test_too_few_held_out_pairs_is_a_one_line_data_error(tmp_path):
+    for c in range(4):
+        folder = tmp_path / "images" / str(c)
+        folder.mkdir(parents=True)
+        for i in range(3):  # 2 of 3 held out per identity: 4 genuine + 4 impostor pairs, fewer than 10 folds
+            Image.fromarray(np.full((112, 112, 3), 60 * c + i, np.uint8)).save(folder / f"{i}.png")
+    cfg = _compose("recipe=smoke", "logger=none", f"data.root={tmp_path / 'images'}", "batch_size=2",
+                   "data.num_workers=0")
+    cfg.out_dir = str(tmp_path / "out")
+    with pytest.raises(DataError, match="8 verification pairs, fewer than 10"):
+        run_training(cfg)

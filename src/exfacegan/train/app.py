@@ -16,7 +16,7 @@ from exfacegan.loggers import NullLogger
 from exfacegan.train.augment import BatchAugment, RandAugment
 from exfacegan.train.data import load_images, split_holdout, train_loader, verification_pairs
 from exfacegan.train.distributed import Processes, init_processes, same_everywhere
-from exfacegan.train.evaluation import VerificationSet, evaluate
+from exfacegan.train.evaluation import N_FOLDS, VerificationSet, evaluate
 from exfacegan.train.loop import MarginModel, Trainer, load_for_resume, step_decay
 
 log = logging.getLogger("exfacegan.train")
@@ -55,11 +55,15 @@ def resume_config(cfg: DictConfig, holdout_fraction: float) -> dict[str, Any]:
     return flat
 
 
-def verification_sets(cfg: DictConfig, dataset: ImageFolderDataset, held_out: Any) -> list[VerificationSet]:
-    sets = [VerificationSet.from_bin(Path(cfg.eval.root) / f"{name}.bin", cfg.data.image_size)
-            for name in cfg.eval.targets]
+def verification_sets(cfg: DictConfig, targets: list[str], dataset: ImageFolderDataset,
+                      held_out: Any) -> list[VerificationSet]:
+    root, size = Path(cfg.eval.root or "."), cfg.data.image_size
+    sets = [VerificationSet.from_bin(root / f"{name}.bin", size) for name in targets]
     if len(held_out):
         pairs, issame = verification_pairs(dataset.labels[held_out], cfg.eval.max_pairs, cfg.seed)
+        if len(pairs) < N_FOLDS:
+            raise DataError(f"the held-out images give {len(pairs)} verification pairs, fewer than {N_FOLDS}: "
+                            "raise eval.holdout_fraction or give .bin files in eval.targets")
         sets.append(VerificationSet("holdout", load_images(dataset, held_out), pairs, issame))
     return sets
 
@@ -89,7 +93,7 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     """Train (or resume) in cfg.out_dir; returns the last epoch record (rank 0) or {}."""
     if OmegaConf.is_missing(cfg.data, "root"):
         raise ConfigError("data.root is required: python -m exfacegan.train data.root=<folder of identity folders>")
-    targets = list(cfg.eval.targets)
+    targets = [cfg.eval.targets] if isinstance(cfg.eval.targets, str) else list(cfg.eval.targets or [])
     if targets and not cfg.eval.root:
         raise ConfigError(f"eval.targets={targets} needs eval.root, the folder holding <name>.bin")
     missing = [name for name in targets if not (Path(cfg.eval.root) / f"{name}.bin").is_file()]
@@ -106,7 +110,9 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     loader = train_loader(dataset, train_indices, cfg.batch_size, rank=processes.rank,
                           world_size=processes.world_size, num_workers=cfg.data.num_workers, seed=cfg.seed,
                           pin_memory=device.type == "cuda")
-    sets = verification_sets(cfg, dataset, held_out) if processes.is_main else []
+    sets = verification_sets(cfg, targets, dataset, held_out) if processes.is_main else []
+    if processes.is_main and not sets:
+        log.warning("no verification set (no eval.targets, no held-out images): training without evaluation")
 
     torch.manual_seed(cfg.seed)
     backbone = instantiate(cfg.model, _convert_="all")

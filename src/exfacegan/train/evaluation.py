@@ -15,6 +15,7 @@ from sklearn.model_selection import KFold
 from exfacegan.errors import DataError
 
 THRESHOLDS = np.arange(0, 4, 0.01)
+N_FOLDS = 10
 
 
 def write_bin(path: str | Path, images: np.ndarray, issame: list[bool]) -> None:
@@ -56,7 +57,7 @@ def accuracy_at(threshold: float, dist: np.ndarray, issame: np.ndarray) -> float
     return float(((dist < threshold) == issame).mean())
 
 
-def ten_fold_accuracy(emb1: np.ndarray, emb2: np.ndarray, issame: np.ndarray, n_folds: int = 10,
+def ten_fold_accuracy(emb1: np.ndarray, emb2: np.ndarray, issame: np.ndarray, n_folds: int = N_FOLDS,
                       thresholds: np.ndarray = THRESHOLDS) -> dict:
     """Best threshold (squared L2 of normalised embeddings) on 9 folds, accuracy on the 10th."""
     dist = ((emb1 - emb2) ** 2).sum(1)
@@ -78,6 +79,10 @@ class VerificationSet:
     images: torch.Tensor
     pairs: np.ndarray
     issame: np.ndarray
+
+    def __post_init__(self) -> None:
+        if len(self.pairs) < N_FOLDS:
+            raise DataError(f"verification set {self.name} has {len(self.pairs)} pairs; {N_FOLDS} folds need more")
 
     @classmethod
     def from_bin(cls, path: str | Path, size: int = 112) -> VerificationSet:
@@ -118,8 +123,6 @@ def evaluate(model: torch.nn.Module, sets: list[VerificationSet], **embed_option
     """Per set: 10-fold accuracy, its std over folds, mean best threshold and the number of pairs."""
     results = {}
     for dataset in sets:
-        if len(dataset.pairs) < 10:
-            raise DataError(f"verification set {dataset.name} has {len(dataset.pairs)} pairs; 10 folds need 10+")
         emb = embed(model, dataset.images, **embed_options)
         result = ten_fold_accuracy(emb[dataset.pairs[:, 0]], emb[dataset.pairs[:, 1]], dataset.issame)
         results[dataset.name] = {**result, "pairs": len(dataset.pairs)}
