@@ -12,9 +12,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from exfacegan.errors import ExFaceGANError
 
+# The configs live in the checkout's top-level conf/ (the package is installed editable from it), so
+# this resolves from any working directory.
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
-if not CONFIG_DIR.is_dir():  # a non-editable install ships the configs inside the package
-    CONFIG_DIR = Path(__file__).resolve().parent / "conf"
 
 OmegaConf.register_new_resolver("or_default", lambda value, default: default if value in (None, "") else value, replace=True)
 
