@@ -56,3 +56,17 @@ def test_auto_device_is_cpu_without_cuda():
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     assert resolve_device("auto", job_number=3).type == "cpu"
+
+
+def test_mandatory_settings_left_unset_are_named_in_one_line():
+    from hydra import compose, initialize_config_dir
+
+    from exfacegan.run import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["gan=gan_control"])
+    with pytest.raises(ConfigError) as error:
+        validate_config(cfg)
+    message = str(error.value)
+    assert "\n" not in message
+    assert "embedder.checkpoint=..." in message and "gan.network.source=..." in message

@@ -6,11 +6,16 @@ import shutil
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from exfacegan.errors import ConfigError
 
 KNOWN_STAGES = {"sample", "label", "fit", "generate", "merge", "analyze"}
+# What to give for the settings that configs leave mandatory (???).
+MISSING_HINTS = {
+    "embedder.checkpoint": "the .pth state dict of an arcface_torch iresnet backbone",
+    "gan.network.source": "an official checkpoint path or a registry name",
+}
 # Typical encoded size of one 112x112 face, with headroom.
 BYTES_PER_IMAGE = {"png": 30_000, "jpg": 8_000}
 
@@ -37,6 +42,13 @@ def resolve_device(name: str, job_number: int | None = None) -> torch.device:
 
 
 def validate_config(cfg: DictConfig) -> None:
+    missing = _missing_keys(OmegaConf.to_container(cfg, resolve=False))
+    if missing:
+        hints = "; ".join(f"{key}: {MISSING_HINTS[key]}" for key in missing if key in MISSING_HINTS)
+        raise ConfigError(
+            f"set {', '.join(f'{key}=...' for key in missing)} on the command line"
+            + (f" ({hints})" if hints else "") + "; experiment=smoke runs without any checkpoint"
+        )
     unknown = set(cfg.stages) - KNOWN_STAGES
     if unknown:
         raise ConfigError(f"unknown stages {sorted(unknown)}; choose from {sorted(KNOWN_STAGES)}")
@@ -66,6 +78,15 @@ def validate_config(cfg: DictConfig) -> None:
     resolve_device(cfg.device)
     if "generate" in cfg.stages:
         _check_disk_space(cfg, references or num_samples)
+
+
+def _missing_keys(node: object, prefix: str = "") -> list[str]:
+    """Dotted keys whose value is still `???` (OmegaConf.missing_keys trips over interpolations to them)."""
+    if isinstance(node, dict):
+        return [key for name, value in node.items() for key in _missing_keys(value, f"{prefix}{name}.")]
+    if isinstance(node, list):
+        return [key for index, value in enumerate(node) for key in _missing_keys(value, f"{prefix}{index}.")]
+    return [prefix[:-1]] if node == "???" else []
 
 
 def _check_disk_space(cfg: DictConfig, references: int) -> None:
