@@ -3,6 +3,7 @@ import pytest
 
 import exfacegan.stages.fit as fit_stage
 from exfacegan.boundary import fit_boundaries
+from exfacegan.errors import DataError
 from exfacegan.label import identity_labels
 
 
@@ -69,3 +70,12 @@ def test_interrupted_fit_resumes_without_refitting_finished_chunks(tmp_path, mon
     with pytest.warns(UserWarning):
         whole = fit_boundaries(latents, labels, "ridge", progress=False)
     np.testing.assert_allclose(resumed["normals"], whole.normals, rtol=1e-5, atol=1e-6)
+
+
+def test_a_fit_where_no_reference_has_both_classes_fails_in_one_line(tmp_path):
+    latents, labels, refs = _problem()
+    labels[labels == 0] = 1  # a threshold below every similarity: everything is "similar"
+    with pytest.raises(DataError, match=r"no reference could be fitted.*100.0% of the labelled codes are similar"), \
+            pytest.warns(UserWarning):
+        fit_stage.fit(tmp_path, latents, labels, refs, solver="ridge", progress=False)
+    assert not (tmp_path / "boundaries.npz").exists()

@@ -118,3 +118,14 @@ def test_resume_keeps_the_chunking_the_stage_started_with(tmp_path):
     resumed = _run(tmp_path / "run", references_per_chunk=3)  # would overlap the recorded chunks
     assert resumed.manifest.read_bytes() == reference.manifest.read_bytes()  # no row twice
     assert _files(resumed.dataset) == _files(reference.dataset)
+
+
+def test_references_without_a_boundary_are_left_out_even_a_whole_chunk(tmp_path):
+    valid = np.array([False, False, True, False, True])  # chunks of 2: the first has no valid reference
+    artifacts = _run(tmp_path / "some", valid=valid)
+    assert sorted(p.name for p in artifacts.dataset.iterdir()) == ["00004", "00005", "00008", "00009"]
+    with open(artifacts.manifest) as f:
+        assert sorted({int(r["reference"]) for r in csv.DictReader(f)}) == [2, 4]
+    with pytest.raises(DataError, match="none of the 5 references has a boundary"):
+        _run(tmp_path / "none", valid=np.zeros(5, bool))
+    assert not (tmp_path / "none" / "dataset").exists()

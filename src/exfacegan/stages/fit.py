@@ -58,6 +58,13 @@ def fit(
                 chunks.save(start, **result._asdict())
             bar.update(rows.size)
     result = chunks.concatenate(starts)
+    if not result["valid"].any():
+        labelled = labels >= 0
+        similar = float((labels == 1).sum() / max(labelled.sum(), 1))
+        raise DataError(
+            f"no reference could be fitted: each needs both similar and dissimilar codes, but {similar:.1%} of "
+            "the labelled codes are similar; choose another label.threshold (or a smaller boundary.margin)"
+        )
     artifacts = FitArtifacts(out_dir / "boundaries.npz")
     save_npz(
         artifacts.boundaries,

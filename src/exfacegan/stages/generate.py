@@ -82,6 +82,8 @@ def identity_codes(
                 {"class": cls, "reference": int(r), "side": SIDES[side], "k": k, "offset_seed": seed}
                 for k in range(spec.per_class)
             ]
+    if not codes:  # every reference of the chunk lacks a boundary
+        return np.zeros((0, reference_latents.shape[1]), np.float32), np.zeros(0, np.int64), rows
     return np.concatenate(codes).astype(np.float32), np.concatenate(attribute_seeds), rows
 
 
@@ -123,6 +125,9 @@ def generate(
         raise ConfigError(f"generate.references_per_chunk must be at least 1, got {references_per_chunk}")
     out_dir = Path(out_dir)
     valid = np.ones(len(normals), bool) if valid is None else valid.astype(bool)
+    if not valid.any():
+        raise DataError(f"none of the {len(normals)} references has a boundary (valid=False for all); "
+                        "nothing to generate")
     references_per_chunk = _plan(out_dir, len(normals), references_per_chunk)
     chunks = list(range(0, len(normals), references_per_chunk))
     mine = np.array_split(np.array(chunks), num_shards)[shard].tolist()
