@@ -166,6 +166,34 @@ def test_sample_killed_repeatedly_resumes_to_the_uninterrupted_result(prepared, 
     assert _leftovers(run) == []
 
 
+def test_fit_killed_repeatedly_resumes_to_the_uninterrupted_boundaries(prepared, tmp_path):
+    # One reference per chunk, and a solver tolerance tight enough that each chunk takes a while.
+    slow_fit = ["stages=[fit]", "boundary=batched", "fit.references_per_chunk=1", "boundary.tol=1e-10",
+                "boundary.max_iter=200", "cache_dir=null"]
+    straight = _copy(prepared, tmp_path / "straight")
+    shutil.rmtree(straight / "fit")
+    _ok(run_app(*SMALL, *slow_fit, f"run_dir={straight}", cwd=tmp_path))
+    run = _copy(prepared, tmp_path / "run")
+    shutil.rmtree(run / "fit")
+    command = [sys.executable, "-m", "exfacegan.run", *SMALL, *slow_fit, f"run_dir={run}"]
+    chunks = run / "fit.partial" / "chunks"  # one file per finished reference, 6 in all
+
+    def finished() -> int:
+        return len(list(chunks.glob("*.npz")))
+
+    _kill_when(command, tmp_path, finished, 2)
+    kept = {p.name: _stamp(p) for p in chunks.glob("*.npz")}
+    _kill_when(command, tmp_path, finished, len(kept) + 2)
+    assert {name: _stamp(chunks / name) for name in kept} == kept  # finished chunks were not refitted
+    _ok(subprocess.run(command, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300))
+
+    resumed, uninterrupted = (np.load(folder / "fit" / "boundaries.npz") for folder in (run, straight))
+    assert resumed.files == uninterrupted.files
+    for key in resumed.files:
+        np.testing.assert_array_equal(resumed[key], uninterrupted[key], err_msg=key)
+    assert _leftovers(run) == [] and not (run / "fit" / "chunks").exists()
+
+
 def test_two_shards_through_joblib_then_merge_equal_the_unsharded_run(prepared, uninterrupted, tmp_path):
     run = _copy(prepared, tmp_path / "run")
     sweep = tmp_path / "sweep"
