@@ -243,6 +243,8 @@ def _run_stage(stage: str, cfg: DictConfig, run: RunDirectory, fingerprints: dic
     if cache is not None:
         cache.store(stage_dir, expected, run.stage_dir(stage_dir))
     log.info("%s: done, in %s", stage, run.stage_dir(stage_dir))
+    if stage == "analyze":
+        log.info("open the identity report: %s", run.stage_dir(stage_dir) / "report.html")
 
 
 def _parallel_job_number(hydra_cfg: Any) -> int | None:
