@@ -34,6 +34,7 @@ def test_a_sensible_config_passes(tmp_path):
     ("sampling.per_class", 0, "per_class"),
     ("dataset.image_format", "gif", "image_format"),
     ("generate.shard", 2, "generate.shard"),
+    ("fit.references_per_chunk", 0, "fit.references_per_chunk"),
     ("generate.references_per_chunk", 0, "references_per_chunk"),
     ("stages", ["sample", "train"], "unknown stages"),
     ("device", "cuda:7" , "CUDA"),

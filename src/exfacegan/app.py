@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from exfacegan.config import resolve_device, validate_config
 from exfacegan.data.artifacts import save_text
 from exfacegan.gans.latent import Truncation
-from exfacegan.loggers import NullLogger
+from exfacegan.loggers import build_logger
 from exfacegan.pipeline import RunDirectory, StageCache, fingerprint
 from exfacegan.provenance import write_provenance
 
@@ -227,8 +227,6 @@ def _run_stage(stage: str, cfg: DictConfig, run: RunDirectory, fingerprints: dic
     if stage == "merge" and not run.partial_dir("generate").is_dir():
         log.info("merge: no sharded generate stage to merge")
         return
-    if finished is not None and not cfg.overwrite:
-        run.begin(stage_dir, expected, overwrite=False)  # raises with the explanation
     for needed in UPSTREAM.get(stage_dir, ()):
         run.check_finished(needed, fingerprints[needed], needed_by=stage)
     if stage != "merge" and cache is not None and cache.fetch(stage_dir, expected, run.stage_dir(stage_dir)):
@@ -256,13 +254,9 @@ def _parallel_job_number(hydra_cfg: Any) -> int | None:
 
 
 def _logger(cfg: DictConfig, root: Path, hydra_cfg: Any) -> Any:
-    if cfg.logger is None:
-        return NullLogger()
     group = name = None
     if hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN:
         group = Path(hydra_cfg.sweep.dir).name
         name = ",".join(hydra_cfg.overrides.task) or None
-    if cfg.logger.get("_target_", "").endswith("NullLogger"):
-        return instantiate(cfg.logger)
-    make_logger = instantiate(cfg.logger, _partial_=True, _convert_="all")  # `config=` clashes with instantiate(config)
-    return make_logger(name=name, group=group, dir=str(root), config=OmegaConf.to_container(cfg, resolve=True))
+    return build_logger(cfg.logger, name=name, group=group, dir=str(root),
+                        config=OmegaConf.to_container(cfg, resolve=True))

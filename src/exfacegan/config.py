@@ -73,6 +73,8 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"dataset.image_format must be one of {sorted(BYTES_PER_IMAGE)}, got {cfg.dataset.image_format!r}")
     if not 0 <= cfg.generate.shard < cfg.generate.num_shards:
         raise ConfigError(f"generate.shard={cfg.generate.shard} must be in [0, generate.num_shards={cfg.generate.num_shards})")
+    if cfg.get("fit", {}).get("references_per_chunk", 1) < 1:
+        raise ConfigError(f"fit.references_per_chunk must be at least 1, got {cfg.fit.references_per_chunk}")
     if cfg.generate.get("references_per_chunk", 1) < 1:
         raise ConfigError(f"generate.references_per_chunk must be at least 1, got {cfg.generate.references_per_chunk}")
     resolve_device(cfg.device)

@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
 
 class NullLogger:
     def log_metrics(self, metrics: dict[str, Any], stage: str) -> None:
@@ -52,3 +55,11 @@ class WandbLogger(NullLogger):
 
     def finish(self) -> None:
         self.run.finish()
+
+
+def build_logger(node: DictConfig | None, **run: Any) -> NullLogger:
+    """The logger a config node names, for one run (`name`, `group`, `dir`, `config`); none -> NullLogger."""
+    if node is None or str(node.get("_target_", "")).endswith("NullLogger"):
+        return NullLogger()
+    factory = instantiate(node, _partial_=True, _convert_="all")  # `config=` would clash with instantiate(config)
+    return factory(**run)

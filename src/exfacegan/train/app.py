@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from exfacegan.data.artifacts import atomic_path, load_json, save_json
 from exfacegan.data.image_folder import ImageFolderDataset
 from exfacegan.errors import CheckpointError, ConfigError, DataError
-from exfacegan.loggers import NullLogger
+from exfacegan.loggers import NullLogger, build_logger
 from exfacegan.train.augment import BatchAugment, RandAugment
 from exfacegan.train.data import load_images, split_holdout, train_loader, verification_pairs
 from exfacegan.train.distributed import Processes, init_processes, same_everywhere
@@ -82,11 +82,10 @@ class EvalHistory:
 
 
 def _logger(cfg: DictConfig, out_dir: Path, processes: Processes) -> Any:
-    if not processes.is_main or cfg.logger is None or str(cfg.logger.get("_target_", "")).endswith("NullLogger"):
+    if not processes.is_main:
         return NullLogger()
-    # `config` is also the name of instantiate's first parameter, hence the partial
-    build = instantiate(cfg.logger, _partial_=True)
-    return build(name=out_dir.name, dir=str(out_dir), config=OmegaConf.to_container(cfg, resolve=True))
+    return build_logger(cfg.logger, name=out_dir.name, dir=str(out_dir),
+                        config=OmegaConf.to_container(cfg, resolve=True))
 
 
 def run_training(cfg: DictConfig) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from exfacegan.errors import ConfigError
+from exfacegan.config import resolve_device as pipeline_device
 
 # Rank 0 evaluates while the others wait at a barrier; the default timeout (10 min for NCCL) is too short.
 BARRIER_TIMEOUT = datetime.timedelta(hours=2)
@@ -35,15 +35,9 @@ class Processes:
 
 
 def resolve_device(device: str, local_rank: int) -> torch.device:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device={device} but CUDA is not available; use device=cpu")
-        return torch.device("cuda", local_rank if device == "cuda" else torch.device(device).index)
-    if device != "cpu":
-        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
-    return torch.device("cpu")
+    """As the pipeline's `device` setting, except that `auto` and `cuda` take this torchrun process's GPU."""
+    resolved = pipeline_device(device)
+    return torch.device("cuda", local_rank) if resolved.type == "cuda" and resolved.index is None else resolved
 
 
 def init_processes(device: str = "auto") -> Processes:
