@@ -82,3 +82,25 @@ def test_only_partial_folders_this_process_created_and_left_empty_are_discarded(
     assert run.discard_unstarted() == [run.partial_dir("sample")]
     assert run.partial_dir("label").is_dir() and theirs.is_dir()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fit.partial", "label.partial"]  # no temporary folder
+
+
+def test_one_device_resolver_serves_the_pipeline_and_the_trainer():
+    import torch
+
+    import exfacegan.config
+    import exfacegan.train.distributed
+    from exfacegan.devices import resolve_device
+
+    assert exfacegan.config.resolve_device is resolve_device
+    assert exfacegan.train.distributed.resolve_device is resolve_device
+    assert resolve_device("cpu", job_number=3) == torch.device("cpu")
+    with pytest.raises(ConfigError, match="not a device name"):
+        resolve_device("gpu")
+    if not torch.cuda.is_available():
+        assert resolve_device("auto", job_number=3) == torch.device("cpu")
+        with pytest.raises(ConfigError, match="no CUDA device"):
+            resolve_device("cuda:0")
+    else:
+        count = torch.cuda.device_count()
+        assert resolve_device("cuda", job_number=count + 1) == torch.device("cuda", 1 % count)
+        assert resolve_device("cuda:0", job_number=count + 1) == torch.device("cuda", 0)

@@ -15,7 +15,8 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from exfacegan.config import resolve_device, validate_config
+from exfacegan.config import validate_config
+from exfacegan.devices import resolve_device
 from exfacegan.data.artifacts import save_text
 from exfacegan.gans.latent import Truncation
 from exfacegan.loggers import build_logger
