@@ -104,3 +104,59 @@ def test_one_device_resolver_serves_the_pipeline_and_the_trainer():
         count = torch.cuda.device_count()
         assert resolve_device("cuda", job_number=count + 1) == torch.device("cuda", 1 % count)
         assert resolve_device("cuda:0", job_number=count + 1) == torch.device("cuda", 0)
+
+
+def _smoke(*overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    from exfacegan.run import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=["experiment=smoke", "logger=none", "cache_dir=null", *overrides])
+
+
+DOWNSTREAM = ("sample", "label", "fit", "generate", "merge", "analyze")
+
+
+BATCHED = ("boundary=batched",)
+
+
+@pytest.mark.parametrize(("base", "changes"), [
+    ((), ("sample.preview=3",)), ((), ("gan.batch_size=4", "sample.batch_size=5")),
+    ((), ("analyze.batch_size=7", "analyze.num_workers=2")), ((), ("device=auto",)),
+    ((), ("label.chunk_size=3", "fit.references_per_chunk=2", "generate.references_per_chunk=2")),
+    ((), ("generate.num_shards=2", "generate.shard=1")), ((), ("boundary.n_jobs=1",)),
+    (BATCHED, ("boundary.device=cuda", "boundary.chunk_size=5", "boundary.memory_budget_gb=3", "+boundary.progress=false")),
+])
+def test_speed_placement_and_preview_settings_keep_every_finished_stage(base, changes):
+    from exfacegan.app import stage_fingerprints
+
+    assert stage_fingerprints(_smoke(*base, *changes)) == stage_fingerprints(_smoke(*base))
+
+
+@pytest.mark.parametrize(("override", "first_changed"), [
+    ("sample.seed=1", "sample"), ("sample.num_samples=300", "sample"), ("gan.truncation.psi=0.5", "sample"),
+    ("gan.truncation.center=zero", "sample"), ("label.threshold=0.5", "label"), ("boundary.margin=0.1", "label"),
+    ("boundary.C=2", "fit"), ("sampling.seed=1", "generate"), ("sampling.max_off=2", "generate"),
+    ("analyze.max_impostor_pairs=10", "analyze"),
+])
+def test_result_settings_change_their_stage_and_every_stage_downstream(override, first_changed):
+    from exfacegan.app import stage_fingerprints
+
+    base, changed = stage_fingerprints(_smoke()), stage_fingerprints(_smoke(override))
+    upstream = DOWNSTREAM[: DOWNSTREAM.index(first_changed)]
+    assert {stage for stage in DOWNSTREAM if changed[stage] != base[stage]} == set(DOWNSTREAM) - set(upstream)
+
+
+def test_a_finished_stage_survives_a_new_preview_and_batch_size_but_not_a_new_seed(tmp_path):
+    from exfacegan.app import run_pipeline
+
+    small = ("stages=[sample]", "sample.num_samples=6", "label.num_references=2", f"run_dir={tmp_path}")
+    run_pipeline(_smoke(*small, "gan.batch_size=4", "sample.preview=4"))
+    latents = tmp_path / "sample" / "latents.npz"
+    stamp = (latents.stat().st_ino, latents.stat().st_mtime_ns)
+    run_pipeline(_smoke(*small, "gan.batch_size=3", "sample.preview=2"))
+    assert (latents.stat().st_ino, latents.stat().st_mtime_ns) == stamp  # skipped, not recomputed
+    with pytest.raises(ConfigError, match="overwrite=true"):
+        run_pipeline(_smoke(*small, "sample.seed=5"))
+    assert (latents.stat().st_ino, latents.stat().st_mtime_ns) == stamp
