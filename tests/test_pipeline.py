@@ -160,3 +160,37 @@ def test_a_finished_stage_survives_a_new_preview_and_batch_size_but_not_a_new_se
     with pytest.raises(ConfigError, match="overwrite=true"):
         run_pipeline(_smoke(*small, "sample.seed=5"))
     assert (latents.stat().st_ino, latents.stat().st_mtime_ns) == stamp
+
+
+def test_provenance_records_the_revision_the_versions_and_the_checkpoint_hashes(tmp_path, monkeypatch):
+    import hashlib
+    import json
+    import os
+    import subprocess
+    import sys
+    import tomllib
+    from datetime import datetime, timezone
+    from pathlib import Path
+
+    import torch
+
+    from exfacegan.provenance import write_provenance
+
+    repo = Path(__file__).resolve().parents[1]
+    checkpoint = tmp_path / "backbone.pth"
+    checkpoint.write_bytes(os.urandom(3 * (1 << 20) + 17))  # several read blocks and a partial one
+    monkeypatch.setattr(sys, "argv", ["exfacegan.run", "embedder=iresnet50"])
+    before = datetime.now(timezone.utc).replace(microsecond=0)
+    write_provenance(tmp_path / "provenance.json", _smoke("embedder=iresnet50", f"embedder.checkpoint={checkpoint}"))
+    record = json.loads((tmp_path / "provenance.json").read_text())
+
+    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True)
+    assert record["git_revision"] == git.stdout.strip()
+    assert record["torch"] == torch.__version__ and record["cuda"] == torch.version.cuda
+    assert record["exfacegan_version"] == tomllib.loads((repo / "pyproject.toml").read_text())["project"]["version"]
+    assert record["command"] == ["exfacegan.run", "embedder=iresnet50"]
+    assert before <= datetime.fromisoformat(record["written"]) <= datetime.now(timezone.utc)
+    digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    # The embedder's checkpoint setting and the network node that interpolates it both name the file.
+    assert record["checkpoints"] == {key: {"path": str(checkpoint), "sha256": digest}
+                                     for key in ("embedder.checkpoint", "embedder.network.checkpoint")}
