@@ -335,3 +335,33 @@ def test_report_opens_in_headless_chromium(run_dir: Path, tmp_path: Path):
     with Image.open(shot) as image:
         assert image.size == (900, 1400)
         assert len(np.unique(np.asarray(image.convert("L")))) > 50  # the page rendered, not a blank canvas
+
+
+@pytest.mark.slow
+def test_the_app_judges_its_dataset_with_dlib_and_reports_the_metrics_of_its_scores(tmp_path: Path):
+    import subprocess
+    import sys
+
+    from exfacegan.embedders.dlib_resnet import DlibEmbedder
+
+    run = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "exfacegan.run", "experiment=smoke", "logger=none", "cache_dir=null",
+         "sample.num_samples=48", "label.num_references=4", "sampling.per_class=4", "embedder@analyze.judge=dlib",
+         f"run_dir={run}"], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run / "analyze" / "metrics.json").read_text())
+    assert metrics["embedder"] == "DlibEmbedder"
+
+    # Oracle: dlib's descriptors of the written images, every pair scored with numpy, metrics from scikit-learn.
+    paths, classes = _dataset_files(run / "generate" / "dataset")
+    assert metrics["images"] == len(paths) == 32 and not metrics["impostor_sampled"]
+    with torch.no_grad():
+        descriptors = DlibEmbedder()(_decoded(paths)).numpy()
+    assert descriptors.shape == (32, 128)  # dlib judged, not the run's 64-d iresnet
+    expected = _exhaustive_scores(descriptors, classes)
+    raw = np.load(run / "analyze" / "scores.npz")
+    for key in ("genuine", "impostor", "both_sides"):
+        np.testing.assert_allclose(np.sort(raw[key]), np.sort(expected[key]), atol=1e-5, err_msg=key)
+    _assert_metrics_of(metrics, expected, tol=1e-5)
