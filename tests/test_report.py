@@ -168,6 +168,23 @@ def _assert_metrics_of(metrics: dict, scores: dict[str, np.ndarray], tol: float)
         assert metrics["per_class_genuine_mean"][f"{int(cls):05d}"] == pytest.approx(expected, abs=tol)
 
 
+def test_one_decoder_reads_image_files_and_the_bytes_of_bin_entries(tmp_path: Path):
+    from exfacegan.data.image_folder import decode_rgb, load_image
+    from exfacegan.train.evaluation import read_bin, write_bin
+
+    write_identities(tmp_path / "faces", classes=1, per_class=2, size=48)
+    paths = sorted((tmp_path / "faces").glob("*/*.png"))
+    expected = _decoded(paths)  # Pillow, resized to 112 with bilinear filtering
+    assert torch.equal(torch.stack([load_image(path, 112) for path in paths]), expected)
+    assert np.array_equal(decode_rgb(paths[0].read_bytes(), 112), expected[0].permute(1, 2, 0).numpy())
+    small = np.stack([np.asarray(Image.open(path).convert("RGB")) for path in paths])
+    write_bin(tmp_path / "pairs.bin", small, [True])
+    images, issame = read_bin(tmp_path / "pairs.bin")
+    assert torch.equal(images, expected) and issame.tolist() == [True]
+    with pytest.raises(DataError, match="cannot read image bytes"):
+        decode_rgb(b"not an image", 112)
+
+
 def test_analyze_run_writes_metrics_figures_and_report(run_dir: Path, tmp_path: Path):
     out = tmp_path / "analysis"
     metrics = analyze_run(run_dir, out, PatternEmbedder(), batch_size=5, grid_identities=3, grid_images=2)
