@@ -13,6 +13,7 @@ def _compose(*overrides):
         return compose(config_name="config", overrides=["experiment=smoke", *overrides])
 
 
+@pytest.mark.slow  # about 11 s: W&B starts its service process
 def test_the_apps_wandb_logger_writes_an_offline_run_with_the_resolved_config(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     cfg = _compose("logger=wandb", "logger.tags=[smoke]")
