@@ -16,8 +16,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from exfacegan.config import validate_config
-from exfacegan.devices import resolve_device
 from exfacegan.data.artifacts import save_text
+from exfacegan.devices import resolve_device
 from exfacegan.gans.latent import Truncation
 from exfacegan.loggers import build_logger
 from exfacegan.pipeline import RunDirectory, StageCache, fingerprint
