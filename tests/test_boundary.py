@@ -233,3 +233,22 @@ def test_no_warnings_on_a_clean_fit(problem):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fit_boundaries(latents, labels, "batched", progress=False)
+
+
+def test_no_module_of_the_boundary_package_imports_the_package_itself():
+    """The solvers read their options from `boundary.options`; `boundary/__init__` dispatches to the solvers,
+    so a solver importing the package back would close an import cycle."""
+    import ast
+    from pathlib import Path
+
+    import exfacegan.boundary as package
+
+    folder = Path(package.__file__).parent
+    for path in sorted(folder.glob("*.py")):
+        if path.name == "__init__.py":
+            continue
+        imported = {node.module for node in ast.walk(ast.parse(path.read_text()))
+                    if isinstance(node, ast.ImportFrom) and node.module}
+        imported |= {alias.name for node in ast.walk(ast.parse(path.read_text()))
+                     if isinstance(node, ast.Import) for alias in node.names}
+        assert "exfacegan.boundary" not in imported, path.name

@@ -22,6 +22,8 @@ import numpy as np
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # every test runs the app in a subprocess: 10-90 s each on a 2-core CPU
+
 SMALL = ["experiment=smoke", "logger=none", "sample.num_samples=64", "label.num_references=6", "sampling.per_class=8"]
 # 6 references, both sides: 12 classes of 8 images in 6 chunks of 2 batches.
 GENERATE = ["stages=[generate]", "gan.batch_size=8", "generate.references_per_chunk=1"]

@@ -140,3 +140,19 @@ def test_metrics_need_both_distributions():
 def test_per_class_means():
     means = per_class_means(np.array([1.0, 0.5, 0.2, 0.4]), np.array([3, 3, 7, 7]))
     assert means == {3: pytest.approx(0.75), 7: pytest.approx(0.3)}
+
+
+@pytest.mark.parametrize("count", [5, 20, 10_000])  # the sampled, the enumerated-and-subsampled and the whole set
+def test_impostor_pairs_are_distinct_different_class_pairs(count):
+    from itertools import combinations
+
+    from exfacegan.metrics.verification import sample_impostor_pairs
+
+    labels = np.array([0, 0, 0, 1, 1, 2, 3, 3, 3, 3])
+    every = {(i, j) for i, j in combinations(range(len(labels)), 2) if labels[i] != labels[j]}  # 31 pairs
+    first, second = sample_impostor_pairs(labels, count, np.random.default_rng(0))
+    pairs = list(zip(first.tolist(), second.tolist()))
+    assert len(pairs) == min(count, len(every)) == len(set(pairs))
+    assert set(pairs) <= every and pairs == sorted(pairs)
+    again = sample_impostor_pairs(labels, count, np.random.default_rng(0))
+    np.testing.assert_array_equal(again[0], first)

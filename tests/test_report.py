@@ -1,6 +1,6 @@
 import csv
-import shutil
 import json
+import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -9,14 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from sklearn.metrics import roc_curve
 from torch import nn
 
 from exfacegan.cli import main as cli_main
 from exfacegan.data.image_folder import ImageFolderDataset
 from exfacegan.errors import DataError
-from exfacegan.metrics.report import format_value
-from exfacegan.metrics.verification import pair_scores, verification_metrics
-from exfacegan.stages.analyze import analyze, analyze_run, embed_dataset
+from exfacegan.stages.analyze import analyze, analyze_run
 
 CLASSES, PER_CLASS = 4, 4
 
@@ -119,10 +118,76 @@ def test_image_folder_errors(tmp_path: Path):
         ImageFolderDataset(tmp_path / "a")[0]
 
 
+def _decoded(paths: list[Path]) -> torch.Tensor:
+    """uint8 [N, 3, 112, 112] of image files, decoded with Pillow here (not with the package's reader)."""
+    arrays = []
+    for path in paths:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            arrays.append(np.asarray(image if image.size == (112, 112) else image.resize((112, 112), Image.BILINEAR)))
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+
+
+def _dataset_files(root: Path) -> tuple[list[Path], np.ndarray]:
+    """Every image of an image folder in sorted order, and its folder's number."""
+    paths = sorted(root.glob("*/*.png"))
+    return paths, np.array([int(path.parent.name) for path in paths])
+
+
+def _exhaustive_scores(embeddings: np.ndarray, classes: np.ndarray) -> dict[str, np.ndarray]:
+    """Every pair's cosine similarity with numpy: genuine, impostor, and both sides (classes 2r and 2r+1)."""
+    first, second = np.triu_indices(len(classes), k=1)
+    similarity = (embeddings.astype(np.float64) @ embeddings.T.astype(np.float64))[first, second]
+    same = classes[first] == classes[second]
+    siblings = ~same & (classes[first] // 2 == classes[second] // 2)
+    return {"genuine": similarity[same], "genuine_class": classes[first][same], "impostor": similarity[~same],
+            "both_sides": similarity[siblings]}
+
+
+def _sklearn_metrics(genuine: np.ndarray, impostor: np.ndarray) -> dict[str, float]:
+    """The report's definitions, from scikit-learn's ROC and numpy moments: EER at the threshold where FMR and
+    FNMR are closest, FMRx the lowest FNMR with FMR <= 1/x, FDR and d' from the two means and variances."""
+    truth = np.r_[np.ones(len(genuine)), np.zeros(len(impostor))]
+    fmr, tpr, _ = roc_curve(truth, np.r_[genuine, impostor], drop_intermediate=False)
+    fnmr = 1 - tpr
+    crossing = np.argmin(np.abs(fnmr - fmr))
+    spread = genuine.var() + impostor.var()
+    return {"eer": (fmr[crossing] + fnmr[crossing]) / 2, "fmr100": fnmr[fmr <= 0.01].min(),
+            "fmr1000": fnmr[fmr <= 0.001].min(), "fdr": (genuine.mean() - impostor.mean()) ** 2 / spread,
+            "d_prime": abs(genuine.mean() - impostor.mean()) / np.sqrt(spread / 2),
+            "genuine_mean": genuine.mean(), "impostor_mean": impostor.mean(), "genuine_std": genuine.std(),
+            "impostor_std": impostor.std(), "genuine_pairs": len(genuine), "impostor_pairs": len(impostor)}
+
+
+def _assert_metrics_of(metrics: dict, scores: dict[str, np.ndarray], tol: float) -> None:
+    for key, expected in _sklearn_metrics(scores["genuine"], scores["impostor"]).items():
+        assert metrics[key] == pytest.approx(expected, abs=tol), key
+    assert metrics["both_sides_mean"] == pytest.approx(scores["both_sides"].mean(), abs=tol)
+    for cls in np.unique(scores["genuine_class"]):
+        expected = scores["genuine"][scores["genuine_class"] == cls].mean()
+        assert metrics["per_class_genuine_mean"][f"{int(cls):05d}"] == pytest.approx(expected, abs=tol)
+
+
+def test_one_decoder_reads_image_files_and_the_bytes_of_bin_entries(tmp_path: Path):
+    from exfacegan.data.image_folder import decode_rgb, load_image
+    from exfacegan.train.evaluation import read_bin, write_bin
+
+    write_identities(tmp_path / "faces", classes=1, per_class=2, size=48)
+    paths = sorted((tmp_path / "faces").glob("*/*.png"))
+    expected = _decoded(paths)  # Pillow, resized to 112 with bilinear filtering
+    assert torch.equal(torch.stack([load_image(path, 112) for path in paths]), expected)
+    assert np.array_equal(decode_rgb(paths[0].read_bytes(), 112), expected[0].permute(1, 2, 0).numpy())
+    small = np.stack([np.asarray(Image.open(path).convert("RGB")) for path in paths])
+    write_bin(tmp_path / "pairs.bin", small, [True])
+    images, issame = read_bin(tmp_path / "pairs.bin")
+    assert torch.equal(images, expected) and issame.tolist() == [True]
+    with pytest.raises(DataError, match="cannot read image bytes"):
+        decode_rgb(b"not an image", 112)
+
+
 def test_analyze_run_writes_metrics_figures_and_report(run_dir: Path, tmp_path: Path):
-    logger = RecordingLogger()
     out = tmp_path / "analysis"
-    metrics = analyze_run(run_dir, out, PatternEmbedder(), batch_size=5, logger=logger, grid_identities=3, grid_images=2)
+    metrics = analyze_run(run_dir, out, PatternEmbedder(), batch_size=5, grid_identities=3, grid_images=2)
 
     on_disk = json.loads((out / "metrics.json").read_text())
     assert on_disk == json.loads(json.dumps(metrics))
@@ -142,18 +207,63 @@ def test_analyze_run_writes_metrics_figures_and_report(run_dir: Path, tmp_path: 
     assert sorted(metrics["per_class_genuine_mean"]) == [f"{c:05d}" for c in range(CLASSES)]
     assert metrics["eer"] < 0.1  # the colour patterns separate
 
-    # The metrics are those of the embeddings, computed directly.
-    dataset = ImageFolderDataset(run_dir / "generate" / "dataset")
-    embeddings = embed_dataset(dataset, PatternEmbedder())
-    scores = pair_scores(embeddings, dataset.labels)
-    direct = verification_metrics(scores.genuine, scores.impostor)
-    for key in ("eer", "fmr100", "fdr", "d_prime", "genuine_mean", "impostor_mean"):
-        assert metrics[key] == pytest.approx(direct[key], abs=1e-6)
-    class0 = scores.genuine[scores.genuine_class == 0].mean()
-    assert metrics["per_class_genuine_mean"]["00000"] == pytest.approx(class0, abs=1e-6)
+    # Oracle: the images decoded with Pillow, every pair scored with numpy, the metrics from scikit-learn.
+    paths, classes = _dataset_files(run_dir / "generate" / "dataset")
+    expected = _exhaustive_scores(PatternEmbedder()(_decoded(paths)).numpy(), classes)
+    _assert_metrics_of(metrics, expected, tol=1e-6)
+    raw = np.load(out / "scores.npz")  # the raw scores, as stored
+    for key in ("genuine", "impostor", "both_sides"):
+        np.testing.assert_allclose(np.sort(raw[key]), np.sort(expected[key]), atol=1e-6, err_msg=key)
+    _assert_metrics_of(metrics, {key: raw[key].astype(np.float64) for key in raw.files}, tol=1e-12)
 
-    assert logger.metrics[0][0] == "analyze" and logger.metrics[0][1]["eer"] == metrics["eer"]
+
+def test_the_analyze_runner_embeds_in_batches_of_analyze_batch_size_and_logs_what_analyze_returns(run_dir: Path):
+    from hydra import compose, initialize_config_dir
+
+    from exfacegan.app import Components, run_analyze
+    from exfacegan.pipeline import RunDirectory
+    from exfacegan.run import CONFIG_DIR
+
+    class Recording(PatternEmbedder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.sizes: list[int] = []
+
+        def forward(self, images):
+            self.sizes.append(len(images))
+            return super().forward(images)
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["experiment=smoke", "logger=none", "embedder@analyze.judge=dlib",
+                                                       "analyze.batch_size=3", "analyze.grid_identities=2"])
+    parts = Components(cfg, torch.device("cpu"))
+    judge = parts._built["judge"] = Recording()  # stands in for the dlib judge the config names
+    logger = RecordingLogger()
+    out = run_dir / "analyze"
+    run_analyze(cfg, RunDirectory(run_dir), out, parts, logger)
+
+    assert judge.sizes == [3] * 5 + [1]  # 16 images
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [stage for stage, _ in logger.metrics] == ["analyze"]
+    logged = logger.metrics[0][1]
+    assert logged == {k: v for k, v in metrics.items() if not isinstance(v, (dict, str))}
+    assert "eer" in logged and "per_class_genuine_mean" not in logged and "embedder" not in logged
+    assert sorted(logger.images) == sorted((f"analyze/{p.stem}", p) for p in out.glob("*.png"))
     assert {name for name, _ in logger.images} >= {"analyze/score_histogram", "analyze/identity_grid"}
+
+
+PERCENT_KEYS = {"eer", "fmr100", "fmr1000", "dropped_fraction", "val_accuracy_mean", "val_accuracy_median",
+                "val_accuracy_min", "val_accuracy_max", "train_accuracy_mean"}
+
+
+def _as_shown(key: str, value) -> str:
+    """The page's convention, written out: error rates and accuracies as percentages with two decimals, other
+    numbers with four, counts as they are, flags as yes/no."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return str(value)
+    return f"{100 * value:.2f}%" if key in PERCENT_KEYS else f"{value:.4f}"
 
 
 def test_report_shows_the_numbers_of_metrics_json(run_dir: Path, tmp_path: Path):
@@ -172,7 +282,7 @@ def test_report_shows_the_numbers_of_metrics_json(run_dir: Path, tmp_path: Path)
         else:
             expected = metrics[key]
         assert value == repr(expected), key
-        assert text == format_value(key, expected), key
+        assert text == _as_shown(key, expected), key
     assert parser.links and all(link.startswith("data:image/png;base64,") for link in parser.links)
 
 
@@ -245,3 +355,33 @@ def test_report_opens_in_headless_chromium(run_dir: Path, tmp_path: Path):
     with Image.open(shot) as image:
         assert image.size == (900, 1400)
         assert len(np.unique(np.asarray(image.convert("L")))) > 50  # the page rendered, not a blank canvas
+
+
+@pytest.mark.slow
+def test_the_app_judges_its_dataset_with_dlib_and_reports_the_metrics_of_its_scores(tmp_path: Path):
+    import subprocess
+    import sys
+
+    from exfacegan.embedders.dlib_resnet import DlibEmbedder
+
+    run = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "exfacegan.run", "experiment=smoke", "logger=none", "cache_dir=null",
+         "sample.num_samples=48", "label.num_references=4", "sampling.per_class=4", "embedder@analyze.judge=dlib",
+         f"run_dir={run}"], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run / "analyze" / "metrics.json").read_text())
+    assert metrics["embedder"] == "DlibEmbedder"
+
+    # Oracle: dlib's descriptors of the written images, every pair scored with numpy, metrics from scikit-learn.
+    paths, classes = _dataset_files(run / "generate" / "dataset")
+    assert metrics["images"] == len(paths) == 32 and not metrics["impostor_sampled"]
+    with torch.no_grad():
+        descriptors = DlibEmbedder()(_decoded(paths)).numpy()
+    assert descriptors.shape == (32, 128)  # dlib judged, not the run's 64-d iresnet
+    expected = _exhaustive_scores(descriptors, classes)
+    raw = np.load(run / "analyze" / "scores.npz")
+    for key in ("genuine", "impostor", "both_sides"):
+        np.testing.assert_allclose(np.sort(raw[key]), np.sort(expected[key]), atol=1e-5, err_msg=key)
+    _assert_metrics_of(metrics, expected, tol=1e-5)

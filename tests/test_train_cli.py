@@ -56,6 +56,7 @@ def _records(out_dir):
     return json.loads((out_dir / "eval.json").read_text())["epochs"]
 
 
+@pytest.mark.slow
 def test_trains_evaluates_on_a_bin_and_resumes(dataset):
     out = dataset / "run_bin"
     args = COMMON + [f"data.root={dataset / 'images'}", f"out_dir={out}", "eval.targets=[pairs]",
@@ -86,6 +87,7 @@ def test_trains_evaluates_on_a_bin_and_resumes(dataset):
     assert "head.m differ" in result.stderr
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_take_the_same_steps_per_epoch(dataset):
     args = COMMON + [f"data.root={dataset / 'images'}", "eval.holdout_fraction=0.3", "data.num_workers=0", "epochs=2"]
     single = _train(args + [f"out_dir={dataset / 'one'}"])
@@ -100,6 +102,7 @@ def test_torchrun_two_processes_take_the_same_steps_per_epoch(dataset):
     assert all(r["eval"]["holdout"]["pairs"] == 24 for r in one + two)  # 4 x C(3, 2) genuine, 12 impostor
 
 
+@pytest.mark.slow
 def test_one_line_errors(dataset):
     result = _train(["logger=none"])
     assert result.returncode == 2

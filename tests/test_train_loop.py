@@ -92,6 +92,7 @@ def _ddp_worker(rank, rendezvous, out):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
     mp.spawn(_ddp_worker, args=(str(tmp_path / "rendezvous"), str(tmp_path / "ddp.pt")), nprocs=2)
     loader = train_loader(_dataset(), np.arange(26), batch_size=8, num_workers=0)

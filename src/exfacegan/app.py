@@ -15,8 +15,9 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from exfacegan.config import resolve_device, validate_config
+from exfacegan.config import validate_config
 from exfacegan.data.artifacts import save_text
+from exfacegan.devices import resolve_device
 from exfacegan.gans.latent import Truncation
 from exfacegan.loggers import build_logger
 from exfacegan.pipeline import RunDirectory, StageCache, fingerprint
@@ -27,10 +28,11 @@ log = logging.getLogger("exfacegan")
 STAGES = ("sample", "label", "fit", "generate", "merge", "analyze")
 # The finished stages each stage reads.
 UPSTREAM = {"label": ("sample",), "fit": ("sample", "label"), "generate": ("fit",), "analyze": ("fit", "generate")}
-# Settings that change speed or placement, never results: left out of fingerprints.
+# Settings that change speed, placement or the preview, never results: left out of fingerprints, so that
+# changing them keeps finished stages.
 VOLATILE_KEYS = {
     "batch_size", "device", "n_jobs", "chunk_size", "num_workers", "shard", "num_shards", "references_per_chunk",
-    "memory_budget_gb", "progress",
+    "memory_budget_gb", "progress", "preview",
 }
 
 
@@ -182,8 +184,10 @@ def run_analyze(cfg: DictConfig, run: RunDirectory, out: Path, parts: Components
     from exfacegan.stages.analyze import analyze_run
 
     options = {k: v for k, v in OmegaConf.to_container(cfg.analyze, resolve=True).items() if k != "judge"}
-    analyze_run(run.root, out, parts.judge, device=parts.device, logger=logger,
-                batch_size=cfg.embedder.batch_size, **options)
+    metrics = analyze_run(run.root, out, parts.judge, device=parts.device, **options)
+    logger.log_metrics({k: v for k, v in metrics.items() if not isinstance(v, (dict, str))}, "analyze")
+    for figure in sorted(out.glob("*.png")):
+        logger.log_image(f"analyze/{figure.stem}", figure)
 
 
 RUNNERS: dict[str, Callable[..., Any]] = {

@@ -5,9 +5,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
+from exfacegan.devices import resolve_device
 from exfacegan.errors import ConfigError
 
 KNOWN_STAGES = {"sample", "label", "fit", "generate", "merge", "analyze"}
@@ -18,27 +18,6 @@ MISSING_HINTS = {
 }
 # Typical encoded size of one 112x112 face, with headroom.
 BYTES_PER_IMAGE = {"png": 30_000, "jpg": 8_000}
-
-
-def resolve_device(name: str, job_number: int | None = None) -> torch.device:
-    """`auto` is CUDA when present; with `job_number` (parallel jobs on one machine) job k takes GPU k mod count.
-
-    The GPU is chosen by index rather than through CUDA_VISIBLE_DEVICES, because a launcher's worker
-    process may run several jobs one after another, and CUDA reads that variable only once.
-    """
-    if name == "auto":
-        if not torch.cuda.is_available():
-            return torch.device("cpu")
-        if job_number is None:
-            return torch.device("cuda")
-        return torch.device("cuda", job_number % torch.cuda.device_count())
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise ConfigError(f"device={name!r} is not a device name (use auto, cpu, cuda or cuda:N)") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name} was asked for but no CUDA device is available; use device=cpu")
-    return device
 
 
 def validate_config(cfg: DictConfig) -> None:

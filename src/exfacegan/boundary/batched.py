@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from exfacegan.boundary import FitOptions, SolverOutput
+from exfacegan.boundary.options import FitOptions, SolverOutput
 from exfacegan.boundary.newton import SQUARED_HINGE, EigenPreconditioner, Loss, newton_cg
 from exfacegan.boundary.preprocess import FitData, Roles, assign_roles, chunk_size_for
 

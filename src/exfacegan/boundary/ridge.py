@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from exfacegan.boundary import FitOptions, SolverOutput
+from exfacegan.boundary.options import FitOptions, SolverOutput
 from exfacegan.boundary.batched import newton_chunk, solve_in_chunks
 from exfacegan.boundary.newton import SQUARED, EigenPreconditioner
 from exfacegan.boundary.preprocess import FitData, Roles

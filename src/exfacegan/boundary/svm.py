@@ -15,7 +15,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.svm import LinearSVC
 from tqdm.auto import tqdm
 
-from exfacegan.boundary import FitOptions, SolverOutput
+from exfacegan.boundary.options import FitOptions, SolverOutput
 from exfacegan.boundary.preprocess import FitData, assign_roles
 
 REFERENCES_PER_TASK = 4

@@ -1,11 +1,13 @@
 """An image-folder face dataset: `<root>/<identity>/<image files>`, one folder per identity.
 
 Identities and files are listed in sorted order, so sample indices and class indices are stable.
-Images are decoded with Pillow to RGB and resized (bilinear) to a square `size` when needed.
+Images are decoded with Pillow to RGB and resized (bilinear) to a square `size` when needed (`decode_rgb`,
+the one image decoder of the package).
 """
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -58,14 +60,18 @@ class ImageFolderDataset(Dataset):
         return np.flatnonzero(self.labels == label)
 
 
-def load_image(path: Path, size: int) -> torch.Tensor:
-    """One image file as uint8 RGB [3, size, size]."""
+def decode_rgb(source: Path | bytes, size: int) -> np.ndarray:
+    """An encoded image (a file, or the bytes of one) as uint8 RGB [size, size, 3], resized (bilinear) when needed."""
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
             image = image.convert("RGB")
             if image.size != (size, size):
                 image = image.resize((size, size), Image.BILINEAR)
-            array = np.asarray(image, dtype=np.uint8)
+            return np.array(image, dtype=np.uint8)
     except (OSError, UnidentifiedImageError) as error:
-        raise DataError(f"cannot read image {path}: {error}") from error
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+        raise DataError(f"cannot read image {'bytes' if isinstance(source, bytes) else source}: {error}") from error
+
+
+def load_image(path: Path, size: int) -> torch.Tensor:
+    """One image file as uint8 RGB [3, size, size]."""
+    return torch.from_numpy(decode_rgb(Path(path), size)).permute(2, 0, 1)

@@ -93,9 +93,7 @@ def _genuine_scores(embeddings: np.ndarray, labels: np.ndarray) -> tuple[np.ndar
 def _impostor_scores(
     embeddings: np.ndarray, labels: np.ndarray, max_pairs: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, bool]:
-    n = len(labels)
-    _, counts = np.unique(labels, return_counts=True)
-    total = (n * n - int((counts.astype(np.int64) ** 2).sum())) // 2
+    n, total = len(labels), impostor_pair_count(labels)
     if total == 0:
         return np.zeros(0, np.float32), False
     if total <= 2 * max_pairs:  # enumerate (and subsample): rejection sampling would stall near `total`
@@ -110,13 +108,29 @@ def _impostor_scores(
         if total <= max_pairs:
             return every, False
         return every[np.sort(rng.choice(total, size=max_pairs, replace=False))], True
-    first, second = _sample_distinct_pairs(labels, max_pairs, rng)
+    first, second = sample_impostor_pairs(labels, max_pairs, rng)
     return _rowwise_dot(embeddings, first, second), True
 
 
-def _sample_distinct_pairs(labels: np.ndarray, count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """`count` distinct unordered pairs of different-class samples, uniformly at random."""
-    n = len(labels)
+def impostor_pair_count(labels: np.ndarray) -> int:
+    """The number of unordered pairs of different-class samples."""
+    _, counts = np.unique(labels, return_counts=True)
+    return (len(labels) ** 2 - int((counts.astype(np.int64) ** 2).sum())) // 2
+
+
+def sample_impostor_pairs(labels: np.ndarray, count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Up to `count` distinct unordered pairs (first < second) of different-class samples, uniformly at random
+    and in sorted order; all of them when there are no more."""
+    labels = np.asarray(labels)
+    n, total = len(labels), impostor_pair_count(labels)
+    if total <= 2 * count:  # enumerate: rejection sampling would stall near `total`
+        first, second = np.triu_indices(n, k=1)
+        differ = labels[first] != labels[second]
+        first, second = first[differ], second[differ]
+        if total <= count:
+            return first, second
+        chosen = np.sort(rng.choice(total, size=count, replace=False))
+        return first[chosen], second[chosen]
     keys = np.zeros(0, np.int64)
     while len(keys) < count:
         draw = 2 * (count - len(keys)) + 1024

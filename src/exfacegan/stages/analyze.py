@@ -1,7 +1,8 @@
 """Stage 5: how well the identities of a dataset separate, judged by a face embedder.
 
 Embeds every image of an image-folder dataset, scores genuine and impostor pairs, and writes
-`metrics.json`, the histogram PNGs and a self-contained `report.html` into `out_dir`. For an
+`metrics.json`, the raw scores (`scores.npz`), the histogram PNGs and a self-contained `report.html`
+into `out_dir`. For an
 ExFaceGAN run it also reports the boundary validation accuracies and the faces the aligner dropped.
 """
 
@@ -11,7 +12,7 @@ import csv
 import json
 import logging
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,21 +20,16 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from exfacegan.data.artifacts import save_json
+from exfacegan.data.artifacts import save_json, save_npz
 from exfacegan.data.image_folder import ImageFolderDataset, load_image
 from exfacegan.errors import DataError
 from exfacegan.metrics.plots import Figure, identity_grid, score_histogram, value_histogram
 from exfacegan.metrics.report import write_report
-from exfacegan.metrics.verification import pair_scores, per_class_means, verification_metrics
+from exfacegan.metrics.verification import PairScores, pair_scores, per_class_means, verification_metrics
 
 log = logging.getLogger(__name__)
 
 IMAGE_SIZE = 112
-
-
-class MetricsLogger(Protocol):
-    def log_metrics(self, metrics: dict[str, Any], stage: str) -> None: ...
-    def log_image(self, name: str, path: Path) -> None: ...
 
 
 def embed_dataset(
@@ -84,6 +80,8 @@ def _face_metrics(path: Path) -> dict[str, Any]:
 
 
 def _grid_identities(dataset: ImageFolderDataset, identities: int, images: int) -> list[tuple[str, torch.Tensor]]:
+    if images < 1:
+        return []
     rows = []
     for label in range(min(identities, len(dataset.classes))):
         paths = [dataset.paths[i] for i in dataset.class_indices(label)[:images]]
@@ -106,69 +104,84 @@ def analyze(
     grid_identities: int = 8,
     grid_images: int = 8,
     num_workers: int = 0,
-    logger: MetricsLogger | None = None,
 ) -> dict[str, Any]:
-    """Embed `dataset_dir`, score it, and write metrics.json, figures and report.html to `out_dir`."""
+    """Embed `dataset_dir`, score it, and write metrics.json, scores.npz, figures and report.html to `out_dir`.
+
+    Returns the metrics; the figures are the PNG files in `out_dir`, each named after its `Figure.name`.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dataset = ImageFolderDataset(dataset_dir, size=IMAGE_SIZE)
     embeddings = embed_dataset(dataset, embedder, batch_size=batch_size, device=device, num_workers=num_workers)
-    both_sides = _both_sides(manifest_path, dataset.classes)
-    labels = np.array([int(name) for name in dataset.classes])[dataset.labels] if both_sides else dataset.labels
-    scores = pair_scores(embeddings, labels, max_impostor_pairs=max_impostor_pairs, seed=seed, both_sides=both_sides)
-
+    scores, class_names = _score(dataset, embeddings, manifest_path, max_impostor_pairs=max_impostor_pairs, seed=seed)
     metrics: dict[str, Any] = {
         "dataset": str(Path(dataset_dir).resolve()), "embedder": type(embedder).__name__,
         "images": len(dataset), "identities": len(dataset.classes),
+        **_separation_metrics(scores, class_names),
     }
-    metrics.update(verification_metrics(scores.genuine, scores.impostor))
-    metrics["impostor_sampled"] = scores.impostor_sampled
+    if boundaries_path is not None:
+        metrics.update(_boundary_metrics(boundaries_path))
+    if generate_stats_path is not None:
+        metrics.update(_face_metrics(generate_stats_path))
+    figures = _figures(out_dir, scores, metrics, boundaries_path, _grid_identities(dataset, grid_identities, grid_images))
+    save_npz(out_dir / "scores.npz", genuine=scores.genuine, genuine_class=scores.genuine_class,
+             impostor=scores.impostor, both_sides=scores.both_sides)
+    save_json(out_dir / "metrics.json", metrics)
+    report = write_report(out_dir, metrics, figures)
+    log.info("analyze: EER %.4f, FMR100 %.4f, FDR %.3f (%s)", metrics["eer"], metrics["fmr100"], metrics["fdr"],
+             report.name)
+    return metrics
+
+
+def _score(dataset: ImageFolderDataset, embeddings: np.ndarray, manifest_path: Path | None, *,
+           max_impostor_pairs: int, seed: int) -> tuple[PairScores, dict[int, str]]:
+    """Pair scores, and the folder name of each class label they use: the folder's number for the two-sided
+    classes of an ExFaceGAN manifest (so that classes 2r and 2r+1 pair up), else its index."""
+    both_sides = _both_sides(manifest_path, dataset.classes)
     if both_sides:
-        metrics["both_sides_pairs"] = int(len(scores.both_sides))
-        if len(scores.both_sides):
-            metrics["both_sides_mean"] = float(scores.both_sides.mean())
-            metrics["both_sides_std"] = float(scores.both_sides.std())
-    name_of = {int(name) if both_sides else index: name for index, name in enumerate(dataset.classes)}
-    class_means = {name_of[label]: mean for label, mean in per_class_means(scores.genuine, scores.genuine_class).items()}
+        numbers = np.array([int(name) for name in dataset.classes])
+        labels, class_names = numbers[dataset.labels], dict(zip(numbers.tolist(), dataset.classes))
+    else:
+        labels, class_names = dataset.labels, dict(enumerate(dataset.classes))
+    scores = pair_scores(embeddings, labels, max_impostor_pairs=max_impostor_pairs, seed=seed, both_sides=both_sides)
+    return scores, class_names
+
+
+def _separation_metrics(scores: PairScores, class_names: dict[int, str]) -> dict[str, Any]:
+    metrics: dict[str, Any] = verification_metrics(scores.genuine, scores.impostor)
+    metrics["impostor_sampled"] = scores.impostor_sampled
+    if len(scores.both_sides):
+        metrics.update({"both_sides_pairs": int(len(scores.both_sides)),
+                        "both_sides_mean": float(scores.both_sides.mean()),
+                        "both_sides_std": float(scores.both_sides.std())})
+    class_means = {class_names[label]: mean for label, mean in per_class_means(scores.genuine, scores.genuine_class).items()}
     means = np.array(list(class_means.values()))
     metrics.update({
         "per_class_genuine_classes": len(class_means), "per_class_genuine_min": float(means.min()),
         "per_class_genuine_median": float(np.median(means)), "per_class_genuine_max": float(means.max()),
         "per_class_genuine_mean": class_means,
     })
-    if boundaries_path is not None:
-        metrics.update(_boundary_metrics(boundaries_path))
-    if generate_stats_path is not None:
-        metrics.update(_face_metrics(generate_stats_path))
+    return metrics
 
-    figures: dict[str, Figure] = {}
-    for figure in (
+
+def _figures(out_dir: Path, scores: PairScores, metrics: dict[str, Any], boundaries_path: Path | None,
+             grid: list[tuple[str, torch.Tensor]]) -> dict[str, Figure]:
+    means = np.array(list(metrics["per_class_genuine_mean"].values()))
+    figures = [
         score_histogram(out_dir / "score_histogram.png", scores.genuine, scores.impostor, scores.both_sides,
                         threshold=metrics["eer_threshold"]),
         value_histogram(out_dir / "per_class_genuine_histogram.png", means, name="per_class_genuine_histogram",
                         title="Per-identity mean genuine similarity", xlabel="mean genuine cosine similarity"),
-    ):
-        figures[figure.name] = figure
+    ]
     if boundaries_path is not None:
         boundaries = np.load(boundaries_path)
-        figures["val_accuracy_histogram"] = value_histogram(
+        figures.append(value_histogram(
             out_dir / "val_accuracy_histogram.png", boundaries["val_accuracy"][boundaries["valid"].astype(bool)],
             name="val_accuracy_histogram", title="Boundary validation accuracy", xlabel="validation accuracy",
-        )
-    if grid_identities > 0 and grid_images > 0:
-        figures["identity_grid"] = identity_grid(
-            out_dir / "identity_grid.png", _grid_identities(dataset, grid_identities, grid_images)
-        )
-
-    save_json(out_dir / "metrics.json", metrics)
-    report = write_report(out_dir, metrics, figures)
-    log.info("analyze: EER %.4f, FMR100 %.4f, FDR %.3f (%s)", metrics["eer"], metrics["fmr100"], metrics["fdr"],
-             report.name)
-    if logger is not None:
-        logger.log_metrics({k: v for k, v in metrics.items() if not isinstance(v, (dict, str))}, "analyze")
-        for figure in figures.values():
-            logger.log_image(f"analyze/{figure.name}", figure.path)
-    return metrics
+        ))
+    if grid:
+        figures.append(identity_grid(out_dir / "identity_grid.png", grid))
+    return {figure.name: figure for figure in figures}
 
 
 def find_run_inputs(run_dir: Path) -> dict[str, Path | None]:

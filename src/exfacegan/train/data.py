@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from exfacegan.errors import ConfigError, DataError
+from exfacegan.metrics.verification import sample_impostor_pairs
 
 MIN_HELD_OUT_PER_CLASS = 2  # one genuine pair per identity at least
 
@@ -50,14 +51,7 @@ def verification_pairs(labels: np.ndarray, max_pairs: int, seed: int = 0) -> tup
         genuine.append(np.stack([members[first], members[second]], 1))
     genuine = np.concatenate(genuine) if genuine else np.zeros((0, 2), np.int64)
     genuine = genuine[rng.permutation(len(genuine))[: max_pairs // 2]]
-    impostor = np.zeros((0, 2), np.int64)
-    for _ in range(100):  # rejection sampling; a handful of rounds unless nearly all images share one identity
-        if len(impostor) >= len(genuine):
-            break
-        draw = rng.integers(0, len(labels), (2 * len(genuine), 2))
-        draw = np.sort(draw[labels[draw[:, 0]] != labels[draw[:, 1]]], axis=1)
-        impostor = np.unique(np.concatenate([impostor, draw]), axis=0)
-    impostor = impostor[rng.permutation(len(impostor))[: len(genuine)]]
+    impostor = np.stack(sample_impostor_pairs(labels, len(genuine), rng), 1)
     pairs = np.concatenate([genuine, impostor])
     issame = np.concatenate([np.ones(len(genuine), bool), np.zeros(len(impostor), bool)])
     order = rng.permutation(len(pairs))

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from exfacegan.config import resolve_device as pipeline_device
+from exfacegan.devices import resolve_device
 
 # Rank 0 evaluates while the others wait at a barrier; the default timeout (10 min for NCCL) is too short.
 BARRIER_TIMEOUT = datetime.timedelta(hours=2)
@@ -32,12 +32,6 @@ class Processes:
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()
-
-
-def resolve_device(device: str, local_rank: int) -> torch.device:
-    """As the pipeline's `device` setting, except that `auto` and `cuda` take this torchrun process's GPU."""
-    resolved = pipeline_device(device)
-    return torch.device("cuda", local_rank) if resolved.type == "cuda" and resolved.index is None else resolved
 
 
 def init_processes(device: str = "auto") -> Processes:

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from sklearn.model_selection import KFold
 
+from exfacegan.data.image_folder import decode_rgb
 from exfacegan.errors import DataError
 
 THRESHOLDS = np.arange(0, 4, 0.01)
@@ -40,17 +41,12 @@ def read_bin(path: str | Path, size: int = 112) -> tuple[torch.Tensor, np.ndarra
         with open(path, "rb") as f:
             bins, issame = pickle.load(f, encoding="bytes")
         with ThreadPoolExecutor(max_workers=8) as pool:
-            images = list(pool.map(lambda b: _decode(b, size), bins))
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, OSError) as error:
+            images = list(pool.map(lambda b: decode_rgb(bytes(b), size), bins))
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, OSError, DataError) as error:
         raise DataError(f"cannot read {path} as an insightface .bin (pickled images, issame): {error}") from error
     if len(images) != 2 * len(issame):
         raise DataError(f"{path}: {len(images)} images for {len(issame)} pairs; need 2 per pair")
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), np.asarray(issame, bool)
-
-
-def _decode(data: bytes, size: int) -> np.ndarray:
-    image = Image.open(io.BytesIO(bytes(data))).convert("RGB")
-    return np.asarray(image if image.size == (size, size) else image.resize((size, size), Image.BILINEAR))
 
 
 def accuracy_at(threshold: float, dist: np.ndarray, issame: np.ndarray) -> float:
