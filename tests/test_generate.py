@@ -146,3 +146,68 @@ def test_references_without_a_boundary_are_left_out_even_a_whole_chunk(tmp_path)
     with pytest.raises(DataError, match="none of the 5 references has a boundary"):
         _run(tmp_path / "none", valid=np.zeros(5, bool))
     assert not (tmp_path / "none" / "dataset").exists()
+
+
+def _progress_rows(root: Path) -> list[dict]:
+    return [row for record in sorted((root / "progress").glob("*.csv")) for row in csv.DictReader(open(record))]
+
+
+def test_faces_not_found_are_redrawn_until_the_class_is_full_or_its_budget_is_spent(tmp_path):
+    artifacts = _run(tmp_path / "run", drop_above=0.0, max_attempts=5)
+    rows = _progress_rows(tmp_path / "run")
+    stats = __import__("json").loads(artifacts.stats.read_text())
+    per_class: dict[int, list[dict]] = {}
+    for row in rows:
+        per_class.setdefault(int(row["class"]), []).append(row)
+    short = 0
+    for cls, renders in per_class.items():
+        kept = [r for r in renders if not r["rejected"]]
+        assert sorted(int(r["k"]) for r in kept) == sorted({int(r["k"]) for r in kept})  # a slot is filled once
+        attempts = [int(r["attempt"]) for r in renders]
+        assert len(attempts) == len(set(attempts)) <= 5  # each draw used once per class, within the budget
+        assert sorted(attempts)[:3] == [0, 1, 2] and all(a >= 3 for a in attempts[3:])  # slot k first tries draw k
+        if len(kept) < 3:
+            assert len(renders) == 5  # short only when the budget is spent
+            short += 1
+        failed = [r for r in renders if r["rejected"]]
+        assert all(r["rejected"] == "no_face" and r["path"] == "" and r["found"] == "0" for r in failed)
+    assert stats["attempted"] == len(rows) > 30 and stats["redrawn"] == len(rows) - 30
+    assert stats["images"] == len(list(artifacts.dataset.rglob("*.png"))) == 30 - stats["dropped"]
+    assert stats["classes_short"] == short and stats["rejected_no_face"] == sum(1 for r in rows if r["rejected"])
+    # A draw whose face shows on one side only stays in that class; the mirror class takes a later draw.
+    outcome = {(r["reference"], r["attempt"], r["side"]): not r["rejected"] for r in rows}
+    assert any(kept != outcome.get((ref, attempt, "other" if side == "same" else "same"), kept)
+               for (ref, attempt, side), kept in outcome.items())
+
+
+def test_redrawn_images_are_the_renderings_of_their_draws(tmp_path):
+    from PIL import Image
+
+    from exfacegan.gans.latent import to_uint8
+
+    generator, aligner = ToyGenerator(), ToyAligner(0.0)
+    w, n = _boundaries(r=5, d=generator.w_dim)
+    _run(tmp_path, drop_above=0.0, max_attempts=9)
+    redrawn = [r for r in _progress_rows(tmp_path) if not r["rejected"] and int(r["attempt"]) >= 3]
+    assert redrawn
+    for row in redrawn:
+        r, sign, attempt = int(row["reference"]), (1 if row["side"] == "other" else -1), int(row["attempt"])
+        u = np.random.default_rng([0, r, 0, attempt + 1]).uniform(0.0, 1.0, generator.w_dim)  # documented seeding
+        code = torch.from_numpy((w[r].astype(np.float64) + sign * u * n[r]).astype(np.float32))[None]
+        with torch.no_grad():
+            face = to_uint8(aligner(generator.synthesis(code[:, None].repeat(1, generator.num_ws, 1)))[0])[0]
+        written = np.asarray(Image.open(tmp_path / "dataset" / row["path"]))
+        assert np.abs(written.astype(int) - face.permute(1, 2, 0).numpy().astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("policy", ["redraw", "drop"])
+def test_redraws_do_not_depend_on_chunking_sharding_or_resuming(policy, tmp_path):
+    whole = _files(_run(tmp_path / "a", drop_above=0.0, on_no_face=policy).dataset)
+    assert whole == _files(_run(tmp_path / "b", drop_above=0.0, on_no_face=policy, references_per_chunk=5).dataset)
+    for shard in (1, 0):
+        _run(tmp_path / "s", drop_above=0.0, on_no_face=policy, shard=shard, num_shards=2)
+    assert _files(finalize(tmp_path / "s").dataset) == whole
+    artifacts = _run(tmp_path / "k", drop_above=0.0, on_no_face=policy)
+    sorted((tmp_path / "k" / "progress").glob("*.csv"))[-1].unlink()  # killed before the last chunk was recorded
+    assert _files(_run(tmp_path / "k", drop_above=0.0, on_no_face=policy).dataset) == whole
+    assert artifacts.manifest.is_file()
