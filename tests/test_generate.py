@@ -211,3 +211,25 @@ def test_redraws_do_not_depend_on_chunking_sharding_or_resuming(policy, tmp_path
     sorted((tmp_path / "k" / "progress").glob("*.csv"))[-1].unlink()  # killed before the last chunk was recorded
     assert _files(_run(tmp_path / "k", drop_above=0.0, on_no_face=policy).dataset) == whole
     assert artifacts.manifest.is_file()
+
+
+def test_an_extra_acceptance_test_plugs_into_the_same_redraw_loop(tmp_path):
+    class EvenAttemptsOnly:  # stands in for an identity filter: it judges the faces of some draws as failing
+        name = "odd_attempt"
+
+        def __call__(self, faces, draws):
+            assert faces.dtype == torch.uint8 and faces.shape[1:] == (3, 112, 112)
+            return torch.tensor([d.attempt % 2 == 0 for d in draws])
+
+    generator = ToyGenerator()
+    w, n = _boundaries(r=5, d=generator.w_dim)
+    spec = GenerateSpec(offsets=OffsetSpec(per_class=3, max_off=1.0, max_attempts=6), batch_size=4)
+    artifacts = generate(tmp_path, generator, ToyAligner(), reference_latents=w, normals=n, spec=spec,
+                         accept=[EvenAttemptsOnly()])
+    stats = __import__("json").loads(artifacts.stats.read_text())
+    with open(artifacts.manifest) as f:
+        kept = list(csv.DictReader(f))
+    # Slot 1 (draw 1, odd) is re-drawn with draw 3 (odd), then draw 4 (even) in every class: 5 renders per class.
+    assert sorted({(r["k"], r["attempt"]) for r in kept}) == [("0", "0"), ("1", "4"), ("2", "2")]
+    assert stats["rejected_odd_attempt"] == 2 * 10 and stats["rejected_no_face"] == 0
+    assert stats["attempted"] == 5 * 10 and stats["redrawn"] == 2 * 10 and stats["images"] == 30

@@ -35,6 +35,8 @@ def test_the_defaults_are_the_paper_codes_sampling_per_backbone(tmp_path):
     ("sampling.mirror=sometimes", "sampling.mirror must be true or false"),
     ("sampling.per_class=0", "sampling.per_class must be an integer >= 1"),
     ("sampling.seed=-1", "sampling.seed must be an integer >= 0"),
+    ("sampling.max_off=far", "sampling.min_off and sampling.max_off must be finite numbers"),
+    ("sampling.min_off=4.0", "need 0 <= sampling.min_off <= sampling.max_off, got 4.0 and 3.0"),
     ("gan.truncation.at=synthesis", "gan.truncation.at must be one of ['render', 'sample']"),
     ("gan.truncation.cutoff=4", None),  # fine for at=render (the smoke GAN)
     ("label.pool_size=1", "label.pool_size must be null or an integer in [2, sample.num_samples=256]"),

@@ -187,21 +187,27 @@ class _Renderer:
                             noise_mode=spec.noise_mode, seeds=torch.from_numpy(attribute_seeds),
                             precision=spec.precision)
         faces, found = self.aligner(images)
-        faces, found = to_uint8(faces), found.bool().cpu()
-        rejected = [NO_FACE if not ok else "" for ok in found.tolist()]
-        for test in self.accept:
-            todo = [i for i, reason in enumerate(rejected) if not reason]
-            if todo:
-                passed = test(faces[torch.tensor(todo, device=faces.device)], [draws[i] for i in todo]).cpu().tolist()
-                for i, ok in zip(todo, passed):
-                    rejected[i] = "" if ok else test.name
+        faces, found = to_uint8(faces), found.bool().cpu().tolist()
+        rejected = _rejections(faces, found, draws, self.accept)
         kept = [i for i, reason in enumerate(rejected) if not reason]
         paths = [self.dataset / _image_path(draws[i], spec.image_format) for i in kept]
         for folder in {p.parent for p in paths}:
             folder.mkdir(parents=True, exist_ok=True)
         write_images(paths, faces[torch.tensor(kept, dtype=torch.long, device=faces.device)].cpu(),
                      quality=spec.jpeg_quality)
-        return list(zip(found.tolist(), rejected))
+        return list(zip(found, rejected))
+
+
+def _rejections(faces: torch.Tensor, found: list[bool], draws: list[Draw], accept: Sequence[Acceptance]) -> list[str]:
+    """Per face, the name of the first test it fails ("" when kept): a face must be found, then pass each test."""
+    rejected = ["" if ok else NO_FACE for ok in found]
+    for test in accept:
+        todo = [i for i, reason in enumerate(rejected) if not reason]
+        if todo:
+            passed = test(faces[torch.tensor(todo, device=faces.device)], [draws[i] for i in todo]).cpu().tolist()
+            for i, ok in zip(todo, passed):
+                rejected[i] = "" if ok else test.name
+    return rejected
 
 
 def _image_path(draw: Draw, image_format: str) -> str:

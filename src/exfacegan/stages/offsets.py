@@ -42,6 +42,9 @@ class OffsetSpec:
     def __post_init__(self) -> None:
         _check_int("sampling.per_class", self.per_class, 1)
         _check_int("sampling.seed", self.seed, 0)
+        bounds = (self.min_off, self.max_off)
+        if any(isinstance(b, bool) or not isinstance(b, (int, float)) or not np.isfinite(b) for b in bounds):
+            raise ConfigError(f"sampling.min_off and sampling.max_off must be finite numbers, got {bounds}")
         if not 0 <= self.min_off <= self.max_off:
             raise ConfigError(f"need 0 <= sampling.min_off <= sampling.max_off, got {self.min_off} and {self.max_off}")
         for key in ("both_sides", "mirror", "include_reference"):
