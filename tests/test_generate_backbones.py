@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 
-from exfacegan.gans.latent import Truncation
+from exfacegan.gans.latent import Truncation, synthesize
 from exfacegan.stages.generate import GenerateSpec, generate
 from exfacegan.stages.offsets import OffsetSpec
 from exfacegan.stages.sample import sample
@@ -115,3 +115,30 @@ def test_generated_images_are_renderings_of_their_manifest_codes(name, tmp_path)
             pair = ws + by_draw[(r, attempt, "other")]
             kept = slice(None) if name != "gan_control" else slice(0, 128)
             torch.testing.assert_close(pair[:, kept], twice[:, kept], rtol=0, atol=1e-4)
+
+
+def test_gan_control_stores_and_moves_the_w_the_paper_code_fits_on(golden_dir):
+    """Official outputs: the paper code's GAN-Control neutral sample saves gen_batch's truncated 2-D w (`w_psi07`),
+    fits on it, and renders a moved w through the controllers untruncated (`w_psi07_ctrl` keeps its id slice)."""
+    from exfacegan.gans.gan_control import Generator, generator_key_table
+
+    io, weights = np.load(golden_dir / "gan_control_64_io.npz"), np.load(golden_dir / "gan_control_64_weights.npz")
+    generator = Generator(size=64, n_mlp=2, channel_multiplier=0.125, channel_max=16).eval()
+    mapping = {ours: torch.from_numpy(weights[theirs]) for theirs, ours in generator_key_table(generator).items()
+               if ours.startswith("mapping.")}
+    generator.load_state_dict(mapping, strict=False)
+    generator.mapping.w_avg.copy_(torch.from_numpy(io["w_avg"]))
+    truncation = Truncation(**OmegaConf.to_container(OmegaConf.load(CONF / "gan" / "gan_control.yaml").truncation))
+    with torch.no_grad():
+        stored = truncation.sampled(generator, generator.mapping(torch.from_numpy(io["z"]), None)[:, 0])
+    scale = np.abs(io["w_psi07"]).max()
+    assert np.abs(stored.numpy() - io["w_psi07"]).max() / scale < 1e-4
+    captured = []
+    hook = generator.synthesis.register_forward_pre_hook(lambda module, args: captured.append(args[0].clone()))
+    try:
+        synthesize(generator, torch.from_numpy(io["w_psi07"]), truncation=truncation)
+    finally:
+        hook.remove()
+    kept = np.r_[0:128, 384:512]  # id, hair, other: the slices the controllers leave
+    for layer in range(generator.num_ws):
+        np.testing.assert_allclose(captured[0][:, layer, kept].numpy(), io["w_psi07_ctrl"][:, kept], rtol=0, atol=1e-6)
