@@ -3,6 +3,7 @@ import pytest
 
 from exfacegan.errors import ConfigError, DataError
 from exfacegan.label import cosine_similarities, identity_labels
+from exfacegan.stages.label import label
 
 
 def _unit_circle(degrees):
@@ -22,6 +23,25 @@ def test_median_labels_on_a_handmade_example():
     # sorted [-.985, .174, .966, .985] -> threshold .966: the two neighbours are similar.
     np.testing.assert_array_equal(labels[1], [1, -1, 1, 0, 0])
     assert thresholds[1] == pytest.approx(np.cos(np.deg2rad(15)), abs=1e-6)
+
+
+def test_codes_outside_the_pool_are_left_out_and_the_median_uses_only_the_pool(tmp_path):
+    # Faces found for codes 0, 1, 3, 4, 5 (code 2 has none). Pool of 3 = the first three with a face: 0, 1, 3.
+    # Reference 0 (0 deg) sees, in the pool, cos(10)=.985 (code 1) and cos(25)=.906 (code 3): the median of
+    # the M = 2 others is sorted[2 // 2] = .985, so code 3 is dissimilar. Over all codes with a face it would be
+    # sorted([-.940, 0, .906, .985])[2] = .906 and code 3 similar. Reference 1 (10 deg): cos(10)=.985 (code 0),
+    # cos(15)=.966 (code 3) -> threshold .985.
+    embeddings = _unit_circle([0, 10, 45, 25, 90, 200])
+    found = np.array([True, True, False, True, True, True])
+    labels = np.load(label(tmp_path, embeddings, found, num_references=2, pool_size=3).labels)
+    np.testing.assert_array_equal(labels["references"], [0, 1])
+    np.testing.assert_array_equal(labels["labels"], [[-1, 1, -1, 0, -1, -1], [1, -1, -1, 0, -1, -1]])
+    everyone = np.load(label(tmp_path / "all", embeddings, found, num_references=2).labels)["labels"]
+    np.testing.assert_array_equal(everyone[0], [-1, 1, -1, 1, 0, 0])
+    with pytest.raises(ConfigError, match="pool_size=6 but only 5 of 6 samples have a face"):
+        label(tmp_path / "big", embeddings, found, pool_size=6)
+    with pytest.raises(ConfigError, match="num_references=4 but only 3 of 6 samples have a face in the pool"):
+        label(tmp_path / "refs", embeddings, found, num_references=4, pool_size=3)
 
 
 def test_median_matches_the_paper_formula_for_even_and_odd_counts():

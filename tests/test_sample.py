@@ -21,6 +21,23 @@ def test_sample_writes_latents_embeddings_and_preview(tmp_path):
     assert artifacts.preview.is_file() and not (tmp_path / "chunks").exists()
 
 
+def test_stored_embeddings_are_those_of_the_faces_as_saved_in_uint8(tmp_path):
+    import torch
+
+    generator, aligner, embedder = ToyGenerator(), ToyAligner(), ToyEmbedder()
+    latents = np.load(_sample(tmp_path).latents)
+    stored = np.load(tmp_path / "embeddings.npy")
+    with torch.no_grad():
+        ws = generator.mapping(torch.from_numpy(latents["z"]), None)  # psi 0.5 is applied when rendering
+        ws = generator.mapping.w_avg.lerp(ws, 0.5)
+        faces, _ = aligner(generator.synthesis(ws))
+        pixels = (faces * 127.5 + 128).clamp(0, 255).to(torch.uint8)  # what a saved image holds
+        expected = embedder((pixels.float() - 127.5) / 127.5).numpy()
+        unrounded = embedder(faces).numpy()
+    np.testing.assert_allclose(stored, expected, rtol=0, atol=1e-6)
+    assert np.abs(stored - unrounded).max() > 1e-5  # the rounding is visible, so the check above can fail
+
+
 def test_codes_do_not_depend_on_batching(tmp_path):
     a = np.load(_sample(tmp_path / "a", batch_size=3).latents)
     b = np.load(_sample(tmp_path / "b", batch_size=10).latents)

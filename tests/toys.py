@@ -58,5 +58,6 @@ class ToyEmbedder(nn.Module):
         self.fc = nn.Linear(3 * 8 * 8, 16)
 
     def forward(self, faces):
+        faces = (faces.float() - 127.5) / 127.5 if faces.dtype == torch.uint8 else faces
         small = nn.functional.adaptive_avg_pool2d(faces, 8).flatten(1)
         return nn.functional.normalize(self.fc(small), dim=1)

@@ -117,7 +117,7 @@ def run_label(cfg: DictConfig, run: RunDirectory, out: Path, parts: Components, 
     sample_dir = run.require("sample")
     artifacts = label(
         out, np.load(sample_dir / "embeddings.npy"), np.load(sample_dir / "latents.npz")["found"],
-        num_references=cfg.label.num_references, threshold=cfg.label.threshold,
+        num_references=cfg.label.num_references, pool_size=cfg.label.get("pool_size"), threshold=cfg.label.threshold,
         margin=cfg.boundary.margin, chunk_size=cfg.label.chunk_size,
     )
     labels = np.load(artifacts.labels)["labels"]
@@ -150,17 +150,13 @@ def run_fit(cfg: DictConfig, run: RunDirectory, out: Path, parts: Components, lo
 
 
 def run_generate(cfg: DictConfig, run: RunDirectory, out: Path, parts: Components, logger: Any) -> bool:
-    from exfacegan.stages.generate import OffsetSpec, generate
+    from exfacegan.stages.generate import GenerateSpec, generate
 
     boundaries = np.load(run.require("fit") / "boundaries.npz")
     artifacts = generate(
         out, parts.generator, parts.aligner,
         reference_latents=boundaries["reference_latents"], normals=boundaries["normals"], valid=boundaries["valid"],
-        offsets=OffsetSpec(**OmegaConf.to_container(cfg.sampling, resolve=True)), truncation=_truncation(cfg),
-        noise_mode=cfg.gan.noise_mode, precision=cfg.gan.precision, image_format=cfg.dataset.image_format,
-        jpeg_quality=cfg.dataset.jpeg_quality, batch_size=cfg.gan.batch_size,
-        references_per_chunk=cfg.generate.references_per_chunk, shard=cfg.generate.shard,
-        num_shards=cfg.generate.num_shards, device=parts.device,
+        spec=GenerateSpec.from_config(cfg), device=parts.device,
     )
     if artifacts is not None:
         _log_generate_stats(artifacts.stats, logger)

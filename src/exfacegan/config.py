@@ -43,22 +43,29 @@ def validate_config(cfg: DictConfig) -> None:
     references = cfg.label.num_references
     if references is not None and not 1 <= references <= num_samples:
         raise ConfigError(f"label.num_references={references} must be between 1 and sample.num_samples={num_samples}")
-    sampling = cfg.sampling
-    if sampling.per_class < 1:
-        raise ConfigError(f"sampling.per_class must be at least 1, got {sampling.per_class}")
-    if not 0 <= sampling.min_off <= sampling.max_off:
-        raise ConfigError(f"need 0 <= sampling.min_off <= sampling.max_off, got {sampling.min_off} and {sampling.max_off}")
-    if cfg.dataset.image_format not in BYTES_PER_IMAGE:
-        raise ConfigError(f"dataset.image_format must be one of {sorted(BYTES_PER_IMAGE)}, got {cfg.dataset.image_format!r}")
-    if not 0 <= cfg.generate.shard < cfg.generate.num_shards:
-        raise ConfigError(f"generate.shard={cfg.generate.shard} must be in [0, generate.num_shards={cfg.generate.num_shards})")
+    _check_sampling_and_pool(cfg, references, num_samples)
     if cfg.get("fit", {}).get("references_per_chunk", 1) < 1:
         raise ConfigError(f"fit.references_per_chunk must be at least 1, got {cfg.fit.references_per_chunk}")
-    if cfg.generate.get("references_per_chunk", 1) < 1:
-        raise ConfigError(f"generate.references_per_chunk must be at least 1, got {cfg.generate.references_per_chunk}")
     resolve_device(cfg.device)
     if "generate" in cfg.stages:
-        _check_disk_space(cfg, references or num_samples)
+        _check_disk_space(cfg, references or cfg.label.get("pool_size") or num_samples)
+
+
+def _check_sampling_and_pool(cfg: DictConfig, references: int | None, num_samples: int) -> None:
+    """The generate stage's settings (sampling, gan.truncation, dataset, shards), checked by the spec it runs
+    on, and `label.pool_size`."""
+    from exfacegan.stages.generate import GenerateSpec
+
+    GenerateSpec.from_config(cfg)
+    pool = cfg.label.get("pool_size")
+    if pool is None:
+        return
+    if isinstance(pool, bool) or not isinstance(pool, int) or not 2 <= pool <= num_samples:
+        raise ConfigError(f"label.pool_size must be null or an integer in [2, sample.num_samples={num_samples}], "
+                          f"got {pool!r}")
+    if references is not None and references > pool:
+        raise ConfigError(f"label.num_references={references} is more than label.pool_size={pool}: references are "
+                          "the first codes of the pool")
 
 
 def _missing_keys(node: object, prefix: str = "") -> list[str]:

@@ -8,7 +8,9 @@ from typing import Literal
 import torch
 from torch import nn
 
-from exfacegan.errors import DataError
+from exfacegan.errors import ConfigError, DataError
+
+TRUNCATION_STAGES = ("render", "sample")
 
 
 @dataclass(frozen=True)
@@ -18,11 +20,29 @@ class Truncation:
     `center="w_avg"` pulls toward the generator's running mean of w (the official
     StyleGAN behaviour, our default). `center="zero"` pulls toward the zero vector, as the
     ExFaceGAN paper code does (a quirk kept for faithful reproduction).
+
+    `at` says where it applies, as the paper code does per backbone. `render` (its StyleGAN path):
+    the stored, labelled, fitted and moved w is the raw mapping output, and every rendering
+    truncates. `sample` (its GAN-Control path): w is truncated once when it is sampled; that w is
+    stored, fitted and moved, and renderings use codes as they are, so edits reach the synthesis at
+    full size. `sample` needs `cutoff=None` (one w for every layer).
     """
 
     psi: float = 1.0
     cutoff: int | None = None
     center: Literal["w_avg", "zero"] = "w_avg"
+    at: Literal["render", "sample"] = "render"
+
+    def __post_init__(self) -> None:
+        if self.at not in TRUNCATION_STAGES:
+            raise ConfigError(f"gan.truncation.at must be one of {list(TRUNCATION_STAGES)}, got {self.at!r}")
+        if self.at == "sample" and self.cutoff is not None:
+            raise ConfigError("gan.truncation.at=sample truncates the one stored w, so gan.truncation.cutoff must be "
+                              f"null, got {self.cutoff}")
+
+    def sampled(self, generator: nn.Module, w: torch.Tensor) -> torch.Tensor:
+        """The w the pipeline stores for the mapped `w` [N, w_dim]: truncated here only when `at="sample"`."""
+        return ws_from_w(generator, w, self)[:, 0] if self.at == "sample" else w
 
 
 def ws_from_w(generator: nn.Module, w: torch.Tensor, truncation: Truncation = Truncation()) -> torch.Tensor:
@@ -67,8 +87,9 @@ def synthesize(
     `seeds` (one per image) feed the optional `generator.prepare_ws` hook, through which a
     backbone such as GAN-Control draws the non-identity attributes of each image; with
     `seeds=None` the hook is not called and every image keeps the attributes of its w.
+    With `truncation.at="sample"` the codes were truncated when sampled and are rendered as they are.
     """
-    ws = ws_from_w(generator, w, truncation)
+    ws = ws_from_w(generator, w, truncation if truncation.at == "render" else Truncation())
     prepare_ws = getattr(generator, "prepare_ws", None)
     if prepare_ws is not None and seeds is not None:
         ws = prepare_ws(ws, seeds.to(ws.device))

@@ -140,8 +140,9 @@ def write_report(
     ]
     if "faces_attempted" in metrics:
         sections.append("<section><h2>Faces dropped by the aligner</h2>" + _table(metrics, [
-            ("generated", "faces_attempted"), ("dropped (no face found)", "faces_dropped"),
-            ("fraction dropped", "dropped_fraction"),
+            ("generated", "faces_attempted"), ("re-drawn (no face: the slot's next seeded draw)", "faces_redrawn"),
+            ("dropped (slots left empty)", "faces_dropped"), ("fraction dropped", "dropped_fraction"),
+            ("classes short of sampling.per_class", "classes_short"),
         ]) + "</section>")
     if "boundaries" in metrics:
         sections.append(

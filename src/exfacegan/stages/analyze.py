@@ -76,7 +76,8 @@ def _face_metrics(path: Path) -> dict[str, Any]:
     stats = json.loads(Path(path).read_text())
     attempted, dropped = int(stats["attempted"]), int(stats["dropped"])
     return {"faces_attempted": attempted, "faces_dropped": dropped,
-            "dropped_fraction": dropped / attempted if attempted else 0.0}
+            "dropped_fraction": dropped / attempted if attempted else 0.0,
+            "faces_redrawn": int(stats.get("redrawn", 0)), "classes_short": int(stats.get("classes_short", 0))}
 
 
 def _grid_identities(dataset: ImageFolderDataset, identities: int, images: int) -> list[tuple[str, torch.Tensor]]:

@@ -1,25 +1,35 @@
 """Stage 4: the synthetic dataset — new codes along each identity boundary, one folder per identity.
 
-For reference r with latent w_r and unit normal n_r (pointing to the dissimilar side), class 2r
-holds images of `w_r - u ⊙ n_r` and, with `both_sides`, class 2r+1 holds `w_r + u ⊙ n_r`, with
-u ~ U(min_off, max_off) per dimension. Each class draws from its own seeded generator and references
-are processed in fixed chunks, so the output does not depend on sharding or on interruptions.
+Which code each image gets is `exfacegan.stages.offsets` (seeded draws, mirrored sides). A chunk of
+references is filled in rounds: round 0 renders every slot of its classes with its first draw, aligns the
+faces and runs the acceptance tests (a face was found, then any extra `Acceptance`, e.g. an identity
+filter); a slot whose image fails takes the class's next unused draw in the next round
+(`on_no_face="redraw"`), in slot order, until the class has spent `max_attempts` renders; with
+`on_no_face="drop"` (the paper code) it stays empty. Each side of a mirrored pair is tested and re-drawn
+on its own: draw t gives `w - u_t ⊙ n` in class 2r and `w + u_t ⊙ n` in class 2r+1, and when only one of
+the two finds a face, that draw stays in that class alone and the other class fills the slot with its
+next draw (mirror images are the rows of equal reference and attempt in the manifest). Everything
+depends only on the chunk's references, so the output does not depend on sharding or interruptions.
 
 A stage folder holds `plan.json` (how references are chunked, fixed when the stage starts),
-`progress/<chunk>.csv` (the manifest rows of each completed chunk) and `dataset/`. An unsharded
-call finishes the stage itself; shards only add chunks, and `finalize` (the merge stage) combines
-them once every chunk is recorded, so that concurrent shards never finish the same folder twice.
+`progress/<chunk>.csv` (one row per render of the chunk, once it is complete) and `dataset/`. An
+unsharded call finishes the stage itself; shards only add chunks, and `finalize` (the merge stage)
+combines them once every chunk is recorded, so that concurrent shards never finish the same folder twice.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -27,12 +37,13 @@ from exfacegan.data.artifacts import atomic_path, load_json, save_json
 from exfacegan.data.images import IMAGE_FORMATS, write_images
 from exfacegan.errors import ConfigError, DataError
 from exfacegan.gans.latent import Truncation, synthesize, to_uint8
+from exfacegan.stages.offsets import REFERENCE_ATTEMPT, SIDES, Draw, OffsetSpec, draw_codes, first_draws
 
 log = logging.getLogger(__name__)
 
-MANIFEST_FIELDS = ["path", "class", "reference", "side", "k", "offset_seed", "found"]
-SIDES = ("same", "other")
+MANIFEST_FIELDS = ["path", "class", "reference", "side", "k", "attempt", "found", "rejected"]
 PLAN_FILE = "plan.json"
+NO_FACE = "no_face"
 
 
 @dataclass(frozen=True)
@@ -42,49 +53,55 @@ class GenerateArtifacts:
     stats: Path
 
 
+class Acceptance(Protocol):
+    """A test a rendered face must pass to be kept; a face that fails it is re-drawn (or dropped) like a face
+    the aligner did not find, and counted in stats.json as `rejected_<name>`."""
+
+    name: str
+
+    def __call__(self, faces: torch.Tensor, draws: list[Draw]) -> torch.Tensor:
+        """bool [M] for uint8 faces [M, 3, H, W] (as they will be saved) of these draws."""
+        ...
+
+
 @dataclass(frozen=True)
-class OffsetSpec:
-    per_class: int = 50
-    min_off: float = 0.0
-    max_off: float = 30.0
-    both_sides: bool = True
-    include_reference: bool = False
-    seed: int = 0
+class GenerateSpec:
+    """Every setting of the generate stage, checked once when built."""
 
-    def validate(self) -> None:
-        if self.per_class < 1:
-            raise ConfigError(f"sampling.per_class must be at least 1, got {self.per_class}")
-        if not 0 <= self.min_off <= self.max_off:
-            raise ConfigError(f"need 0 <= sampling.min_off <= sampling.max_off, got {self.min_off} and {self.max_off}")
+    offsets: OffsetSpec = OffsetSpec()
+    truncation: Truncation = Truncation()
+    noise_mode: str = "const"
+    precision: str = "fp32"
+    image_format: str = "png"
+    jpeg_quality: int = 95
+    batch_size: int = 16
+    references_per_chunk: int = 8
+    shard: int = 0
+    num_shards: int = 1
 
+    def __post_init__(self) -> None:
+        if self.image_format not in IMAGE_FORMATS:
+            raise ConfigError(f"dataset.image_format must be one of {sorted(IMAGE_FORMATS)}, got {self.image_format!r}")
+        for key, value in (("gan.batch_size", self.batch_size), ("generate.num_shards", self.num_shards),
+                           ("generate.references_per_chunk", self.references_per_chunk)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{key} must be an integer >= 1, got {value!r}")
+        if not 0 <= self.shard < self.num_shards:
+            raise ConfigError(f"generate.shard={self.shard} must be in [0, generate.num_shards={self.num_shards})")
 
-def offset_seed(seed: int, reference: int, side: int) -> int:
-    return (seed << 40) | (reference << 1) | side
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> GenerateSpec:
+        """From a composed config; keys it lacks keep their defaults."""
+        def node(key: str) -> dict:
+            value = OmegaConf.select(cfg, key, default=None)
+            return OmegaConf.to_container(value, resolve=True) if value is not None else {}
 
-
-def identity_codes(
-    reference_latents: np.ndarray, normals: np.ndarray, reference_ids: np.ndarray, spec: OffsetSpec
-) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-    """New codes [M, d], a per-image attribute seed [M], and one manifest row (without path) per code."""
-    codes, attribute_seeds, rows = [], [], []
-    for w, n, r in zip(reference_latents, normals, reference_ids):
-        for side in range(2 if spec.both_sides else 1):
-            seed = offset_seed(spec.seed, int(r), side)
-            rng = np.random.default_rng(seed)
-            u = rng.uniform(spec.min_off, spec.max_off, size=(spec.per_class, len(w)))
-            if side == 0 and spec.include_reference:
-                u[0] = 0.0
-            direction = -1.0 if side == 0 else 1.0
-            codes.append(w[None] + direction * u * n[None])
-            attribute_seeds.append(rng.integers(2**62, size=spec.per_class))
-            cls = 2 * int(r) + side if spec.both_sides else int(r)
-            rows += [
-                {"class": cls, "reference": int(r), "side": SIDES[side], "k": k, "offset_seed": seed}
-                for k in range(spec.per_class)
-            ]
-    if not codes:  # every reference of the chunk lacks a boundary
-        return np.zeros((0, reference_latents.shape[1]), np.float32), np.zeros(0, np.int64), rows
-    return np.concatenate(codes).astype(np.float32), np.concatenate(attribute_seeds), rows
+        keys = {"noise_mode": "gan.noise_mode", "precision": "gan.precision", "image_format": "dataset.image_format",
+                "jpeg_quality": "dataset.jpeg_quality", "batch_size": "gan.batch_size", "shard": "generate.shard",
+                "references_per_chunk": "generate.references_per_chunk", "num_shards": "generate.num_shards"}
+        defaults = {f.name: f.default for f in fields(cls)}
+        return cls(offsets=OffsetSpec(**node("sampling")), truncation=Truncation(**node("gan.truncation")),
+                   **{name: OmegaConf.select(cfg, key, default=defaults[name]) for name, key in keys.items()})
 
 
 def generate(
@@ -95,75 +112,112 @@ def generate(
     reference_latents: np.ndarray,
     normals: np.ndarray,
     valid: np.ndarray | None = None,
-    offsets: OffsetSpec = OffsetSpec(),
-    truncation: Truncation = Truncation(),
-    noise_mode: str = "const",
-    precision: str = "fp32",
-    image_format: str = "png",
-    jpeg_quality: int = 95,
-    batch_size: int = 16,
-    references_per_chunk: int = 8,
-    shard: int = 0,
-    num_shards: int = 1,
+    spec: GenerateSpec = GenerateSpec(),
+    accept: Sequence[Acceptance] = (),
     device: str | torch.device = "cpu",
 ) -> GenerateArtifacts | None:
     """Write this shard's identities into `out_dir/dataset`; unsharded, finish the stage and return its artifacts.
 
     Completed chunks are recorded in `out_dir/progress`, so a killed call resumes without redoing them.
     """
-    offsets.validate()
-    if image_format not in IMAGE_FORMATS:
-        raise ConfigError(f"dataset.image_format must be one of {sorted(IMAGE_FORMATS)}, got {image_format!r}")
-    if normals.shape != reference_latents.shape or normals.shape[1] != generator.w_dim:
+    valid = _check_boundaries(generator, reference_latents, normals, valid)
+    out_dir = Path(out_dir)
+    per_chunk = _plan(out_dir, len(normals), spec.references_per_chunk)
+    chunks = list(range(0, len(normals), per_chunk))
+    mine = np.array_split(np.array(chunks), spec.num_shards)[spec.shard].tolist()
+    render = _Renderer(out_dir / "dataset", generator, aligner, reference_latents, normals, spec, accept, device)
+    for start in tqdm(mine, desc=f"generate shard {spec.shard}/{spec.num_shards}", unit="chunk"):
+        record = out_dir / "progress" / f"{start:06d}.csv"
+        if not record.is_file():
+            ids = np.arange(start, min(start + per_chunk, len(normals)))
+            _write_rows(record, _fill_classes(ids[valid[ids]], spec, render))
+    if spec.num_shards > 1:
+        log.info("shard %d/%d done; run the merge stage once every shard has finished", spec.shard, spec.num_shards)
+        return None
+    return finalize(out_dir)
+
+
+def _check_boundaries(generator: nn.Module, latents: np.ndarray, normals: np.ndarray,
+                      valid: np.ndarray | None) -> np.ndarray:
+    if normals.shape != latents.shape or normals.shape[1] != generator.w_dim:
         raise DataError(
             f"boundaries of shape {normals.shape} do not fit this generator (w_dim={generator.w_dim}); "
             "were they fitted on another GAN?"
         )
-    if not 0 <= shard < num_shards:
-        raise ConfigError(f"generate.shard must be in [0, {num_shards}), got {shard}")
-    if references_per_chunk < 1:
-        raise ConfigError(f"generate.references_per_chunk must be at least 1, got {references_per_chunk}")
-    out_dir = Path(out_dir)
     valid = np.ones(len(normals), bool) if valid is None else valid.astype(bool)
     if not valid.any():
         raise DataError(f"none of the {len(normals)} references has a boundary (valid=False for all); "
                         "nothing to generate")
-    references_per_chunk = _plan(out_dir, len(normals), references_per_chunk)
-    chunks = list(range(0, len(normals), references_per_chunk))
-    mine = np.array_split(np.array(chunks), num_shards)[shard].tolist()
-    progress = out_dir / "progress"
-    for start in tqdm(mine, desc=f"generate shard {shard}/{num_shards}", unit="chunk"):
-        record = progress / f"{start:06d}.csv"
-        if record.is_file():
-            continue
-        ids = np.arange(start, min(start + references_per_chunk, len(normals)))
-        ids = ids[valid[ids]]
-        codes, attribute_seeds, rows = identity_codes(reference_latents[ids], normals[ids], ids, offsets)
-        attribute_seeds = torch.from_numpy(attribute_seeds)
-        for begin in range(0, len(codes), batch_size):
-            batch = slice(begin, begin + batch_size)
-            w = torch.from_numpy(codes[batch]).to(device)
-            images = synthesize(
-                generator, w, truncation=truncation, noise_mode=noise_mode,
-                seeds=attribute_seeds[batch], precision=precision,
-            )
-            faces, found = aligner(images)
-            found = found.cpu()
-            keep = found.nonzero().flatten()
-            paths = []
-            for row, ok in zip(rows[batch], found.tolist()):
-                row["found"] = int(ok)
-                row["path"] = f"{row['class']:05d}/{row['class']:05d}_{row['k']:03d}.{image_format}" if ok else ""
-                if ok:
-                    paths.append(out_dir / "dataset" / row["path"])
-            for path in {p.parent for p in paths}:
-                path.mkdir(parents=True, exist_ok=True)
-            write_images(paths, to_uint8(faces[keep.to(faces.device)]), quality=jpeg_quality)
-        _write_rows(record, rows)
-    if num_shards > 1:
-        log.info("shard %d/%d done; run the merge stage once every shard has finished", shard, num_shards)
-        return None
-    return finalize(out_dir)
+    return valid
+
+
+def _fill_classes(references: np.ndarray, spec: GenerateSpec, render: _Renderer) -> list[dict]:
+    """Render, test and write every class of these references, re-drawing failed slots; one row per render."""
+    offsets = spec.offsets
+    pending = first_draws(references, offsets)
+    renders = Counter(d.cls for d in pending)
+    next_attempt = dict.fromkeys(renders, offsets.per_class)
+    rows: list[dict] = []
+    while pending:
+        verdicts = [v for begin in range(0, len(pending), spec.batch_size)
+                    for v in render(pending[begin : begin + spec.batch_size])]
+        rows += [_row(d, found, rejected, spec.image_format) for d, (found, rejected) in zip(pending, verdicts)]
+        retry = []
+        for d, (_, rejected) in zip(pending, verdicts):
+            if rejected and offsets.on_no_face == "redraw" and renders[d.cls] < offsets.attempts_per_class:
+                retry.append(Draw(d.cls, d.reference, d.side, d.slot, next_attempt[d.cls]))
+                next_attempt[d.cls] += 1
+                renders[d.cls] += 1
+        pending = retry
+    return rows
+
+
+class _Renderer:
+    """draws -> (found, rejected reason or "") per draw; writes the kept faces to their slots."""
+
+    def __init__(self, dataset: Path, generator: nn.Module, aligner: nn.Module, latents: np.ndarray,
+                 normals: np.ndarray, spec: GenerateSpec, accept: Sequence[Acceptance], device: Any) -> None:
+        self.dataset, self.generator, self.aligner = dataset, generator, aligner
+        self.latents, self.normals, self.spec, self.accept, self.device = latents, normals, spec, accept, device
+
+    def __call__(self, draws: list[Draw]) -> list[tuple[bool, str]]:
+        spec = self.spec
+        codes, attribute_seeds = draw_codes(draws, self.latents, self.normals, spec.offsets)
+        images = synthesize(self.generator, torch.from_numpy(codes).to(self.device), truncation=spec.truncation,
+                            noise_mode=spec.noise_mode, seeds=torch.from_numpy(attribute_seeds),
+                            precision=spec.precision)
+        faces, found = self.aligner(images)
+        faces, found = to_uint8(faces), found.bool().cpu().tolist()
+        rejected = _rejections(faces, found, draws, self.accept)
+        kept = [i for i, reason in enumerate(rejected) if not reason]
+        paths = [self.dataset / _image_path(draws[i], spec.image_format) for i in kept]
+        for folder in {p.parent for p in paths}:
+            folder.mkdir(parents=True, exist_ok=True)
+        write_images(paths, faces[torch.tensor(kept, dtype=torch.long, device=faces.device)].cpu(),
+                     quality=spec.jpeg_quality)
+        return list(zip(found, rejected))
+
+
+def _rejections(faces: torch.Tensor, found: list[bool], draws: list[Draw], accept: Sequence[Acceptance]) -> list[str]:
+    """Per face, the name of the first test it fails ("" when kept): a face must be found, then pass each test."""
+    rejected = ["" if ok else NO_FACE for ok in found]
+    for test in accept:
+        todo = [i for i, reason in enumerate(rejected) if not reason]
+        if todo:
+            passed = test(faces[torch.tensor(todo, device=faces.device)], [draws[i] for i in todo]).cpu().tolist()
+            for i, ok in zip(todo, passed):
+                rejected[i] = "" if ok else test.name
+    return rejected
+
+
+def _image_path(draw: Draw, image_format: str) -> str:
+    return f"{draw.cls:05d}/{draw.cls:05d}_{draw.slot:03d}.{image_format}"
+
+
+def _row(draw: Draw, found: bool, rejected: str, image_format: str) -> dict:
+    return {"path": "" if rejected else _image_path(draw, image_format), "class": draw.cls,
+            "reference": draw.reference, "side": SIDES[draw.side], "k": draw.slot, "attempt": draw.attempt,
+            "found": int(found), "rejected": rejected}
 
 
 def _plan(out_dir: Path, num_references: int, references_per_chunk: int) -> int:
@@ -199,17 +253,34 @@ def finalize(out_dir: Path) -> GenerateArtifacts:
     for stray in out_dir.rglob(".*.tmp"):  # left by a killed writer
         stray.unlink()
     rows = [row for start in chunks for row in _read_rows(progress / f"{start:06d}.csv")]
-    kept = [row for row in rows if row["found"] == "1"]
+    kept = sorted((row for row in rows if not row["rejected"]), key=lambda row: (int(row["class"]), int(row["k"])))
     missing = [row["path"] for row in kept if not (out_dir / "dataset" / row["path"]).is_file()]
     if missing:
         raise DataError(f"{len(missing)} images recorded as written are missing, e.g. {missing[0]}")
     artifacts = GenerateArtifacts(out_dir / "dataset", out_dir / "manifest.csv", out_dir / "stats.json")
     _write_rows(artifacts.manifest, kept)
-    classes = {row["class"] for row in kept}
-    save_json(artifacts.stats, {
-        "attempted": len(rows), "dropped": len(rows) - len(kept), "images": len(kept), "classes": len(classes),
-    })
+    save_json(artifacts.stats, generate_stats(rows))
     return artifacts
+
+
+def generate_stats(rows: list[dict]) -> dict[str, int]:
+    """Counts over every render: attempted, redrawn (renders past a slot's first draw), rejected per test,
+    dropped (slots left empty), images, classes with an image, and classes short of their slots."""
+    slots = Counter((row["class"], row["k"]) for row in rows)
+    images = Counter(row["class"] for row in rows if not row["rejected"])
+    per_class = Counter(cls for cls, _ in slots)
+    stats = {
+        "attempted": len(rows),
+        "redrawn": sum(int(row["attempt"]) not in (int(row["k"]), REFERENCE_ATTEMPT) for row in rows),
+        "dropped": len(slots) - sum(images.values()),
+        "images": sum(images.values()),
+        "classes": len(images),
+        "classes_short": sum(images[cls] < count for cls, count in per_class.items()),
+    }
+    reasons = Counter(row["rejected"] for row in rows if row["rejected"])
+    stats.update({f"rejected_{reason}": count for reason, count in sorted(reasons.items())})
+    stats.setdefault(f"rejected_{NO_FACE}", 0)
+    return stats
 
 
 def _write_rows(path: Path, rows: list[dict]) -> None:

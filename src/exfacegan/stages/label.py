@@ -23,26 +23,35 @@ def label(
     found: np.ndarray,
     *,
     num_references: int | None = None,
+    pool_size: int | None = None,
     threshold: str | float = "median",
     margin: float = 0.0,
     chunk_size: int = 1024,
 ) -> LabelArtifacts:
-    """References are the first `num_references` codes whose face was found (all of them by default).
-
-    Codes without a face get label -1 for every reference.
+    """Each reference is labelled against a pool: the first `pool_size` codes whose face was found (all of them
+    by default; the paper code: 5,000, so each of its 5,000 references is compared with the other 4,999).
+    References are the first `num_references` codes of the pool (the whole pool by default); the median
+    threshold is taken over the other pooled codes. Codes outside the pool or without a face get label -1.
     """
     candidates = np.flatnonzero(found)
-    count = len(candidates) if num_references is None else int(num_references)
-    if count < 1 or count > len(candidates):
-        raise ConfigError(
-            f"label.num_references={count} but only {len(candidates)} of {len(found)} samples have a face; "
-            "use at most that many references or sample more"
-        )
-    references = candidates[:count]
+    pool = candidates[:_count("label.pool_size", pool_size, candidates, len(found))]
+    count = _count("label.num_references", num_references, pool, len(found))
+    references = pool[:count]
     labels = np.full((count, len(found)), -1, dtype=np.int8)
-    labels[:, candidates] = identity_labels(
-        embeddings[candidates], np.arange(count), threshold=threshold, margin=margin, chunk_size=chunk_size
+    labels[:, pool] = identity_labels(
+        embeddings[pool], np.arange(count), threshold=threshold, margin=margin, chunk_size=chunk_size
     )
     artifacts = LabelArtifacts(Path(out_dir) / "labels.npz")
     save_npz(artifacts.labels, labels=labels, references=references)
     return artifacts
+
+
+def _count(key: str, value: int | None, available: np.ndarray, num_samples: int) -> int:
+    """`value` codes out of `available` (all of them when None), refused when there are not that many."""
+    count = len(available) if value is None else int(value)
+    if count < 1 or count > len(available):
+        raise ConfigError(
+            f"{key}={count} but only {len(available)} of {num_samples} samples have a face"
+            f"{' in the pool' if key == 'label.num_references' else ''}; use at most that many or sample more"
+        )
+    return count

@@ -1,4 +1,9 @@
-"""Stage 1: sample latent codes, synthesise and align their faces, embed them."""
+"""Stage 1: sample latent codes, synthesise and align their faces, embed them.
+
+The stored w is the one labelling and fitting see: the raw mapping output, or, with
+`truncation.at="sample"` (the paper code's GAN-Control path), the truncated w. Faces are embedded
+as a saved image holds them: clamped and rounded to uint8.
+"""
 
 from __future__ import annotations
 
@@ -72,14 +77,14 @@ def sample(
         if chunks.done(start) and not need_preview:
             continue
         z = torch.from_numpy(seeded_normal(batch_seeds, generator.z_dim)).to(device)
-        w = map_z(generator, z)
+        w = truncation.sampled(generator, map_z(generator, z))
         images = synthesize(
             generator, w, truncation=truncation, noise_mode=noise_mode,
             seeds=torch.from_numpy(batch_seeds) if randomize_attributes else None, precision=precision,
         )
         faces, found = aligner(images)
         with torch.inference_mode():
-            embeddings = embedder(faces).float() * found[:, None]
+            embeddings = embedder(to_uint8(faces)).float() * found[:, None]
         if need_preview:
             preview_rows.append(_preview_tiles(images, faces, preview - start))
         chunks.save(

@@ -1,0 +1,61 @@
+"""The sampling, truncation and label-pool settings are checked before any network loads, in one line each."""
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from exfacegan.config import validate_config
+from exfacegan.errors import ConfigError
+from exfacegan.run import CONFIG_DIR
+from exfacegan.stages.generate import GenerateSpec
+from exfacegan.stages.offsets import OffsetSpec
+
+
+def _compose(*overrides):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=["experiment=smoke", "logger=none", *overrides])
+
+
+def test_the_defaults_are_the_paper_codes_sampling_per_backbone(tmp_path):
+    cfg = _compose(f"run_dir={tmp_path}")
+    validate_config(cfg)
+    spec = GenerateSpec.from_config(cfg)
+    assert spec.offsets.mirror and spec.offsets.on_no_face == "redraw" and spec.truncation.at == "render"
+    assert spec.offsets.attempts_per_class == 3 * spec.offsets.per_class
+    assert cfg.label.pool_size is None
+    gan_control = GenerateSpec.from_config(_compose("gan=gan_control_small"))
+    assert gan_control.truncation.at == "sample" and gan_control.truncation.cutoff is None
+    assert OffsetSpec(on_no_face="drop", max_attempts=90).attempts_per_class == OffsetSpec().per_class
+
+
+@pytest.mark.parametrize("override, words", [
+    ("sampling.on_no_face=skip", "sampling.on_no_face must be one of ['redraw', 'drop'], got 'skip'"),
+    ("sampling.max_attempts=5", "sampling.max_attempts must be an integer >= sampling.per_class"),
+    ("sampling.max_attempts=true", "sampling.max_attempts must be an integer"),
+    ("sampling.max_attempts=7.5", "sampling.max_attempts must be an integer"),
+    ("sampling.mirror=sometimes", "sampling.mirror must be true or false"),
+    ("sampling.per_class=0", "sampling.per_class must be an integer >= 1"),
+    ("sampling.seed=-1", "sampling.seed must be an integer >= 0"),
+    ("sampling.max_off=far", "sampling.min_off and sampling.max_off must be finite numbers"),
+    ("sampling.min_off=4.0", "need 0 <= sampling.min_off <= sampling.max_off, got 4.0 and 3.0"),
+    ("gan.truncation.at=synthesis", "gan.truncation.at must be one of ['render', 'sample']"),
+    ("gan.truncation.cutoff=4", None),  # fine for at=render (the smoke GAN)
+    ("label.pool_size=1", "label.pool_size must be null or an integer in [2, sample.num_samples=256]"),
+    ("label.pool_size=257", "label.pool_size must be null or an integer in [2, sample.num_samples=256]"),
+    ("label.pool_size=abc", "label.pool_size must be null or an integer"),
+    ("label.pool_size=11", "label.num_references=12 is more than label.pool_size=11"),
+    ("label.pool_size=12", None),
+])
+def test_bad_settings_give_one_line_before_any_network(override, words, tmp_path):
+    cfg = _compose(override, f"run_dir={tmp_path}")
+    if words is None:
+        validate_config(cfg)
+        return
+    with pytest.raises(ConfigError) as error:
+        validate_config(cfg)
+    assert str(error.value).startswith(words) and "\n" not in str(error.value)
+
+
+def test_truncating_at_sampling_needs_one_w_for_every_layer(tmp_path):
+    cfg = _compose("gan=gan_control_small", "gan.truncation.cutoff=4", f"run_dir={tmp_path}")
+    with pytest.raises(ConfigError, match="at=sample truncates the one stored w, so gan.truncation.cutoff must be null"):
+        validate_config(cfg)
