@@ -107,10 +107,7 @@ def test_the_sample_stage_stores_the_mapping_of_each_z_and_the_embedding_of_its_
         # The generator's own truncation (psi 0.7 toward w_avg on every ws, as experiment=smoke sets it).
         ws = generator.mapping(z, None, truncation_psi=0.7, truncation_cutoff=None)
         faces, found = aligner(generator.synthesis(ws, noise_mode="const"))
-        # Oracle: embedder(to_uint8(aligner(synthesis(...)))), once the sample stage rounds faces to uint8 before
-        # embedding (another branch); until then it embeds the float faces. Either must hold exactly: the smoke
-        # generator's output spans about [-7, 2.5], so the clamp of the rounding moves embeddings by up to 0.2.
+        # Oracle: the sample stage embeds what a saved image holds, embedder(to_uint8(aligner(synthesis(...)))).
         rounded = embedder(_official_uint8(faces)).numpy() * found[:, None].numpy()
-        unrounded = embedder(faces).numpy() * found[:, None].numpy()  # drop once the rounding is merged
     assert found.all() and stored.shape == rounded.shape
-    assert any(np.allclose(stored, expected, rtol=1e-4, atol=1e-5) for expected in (rounded, unrounded))
+    np.testing.assert_allclose(stored, rounded, rtol=1e-4, atol=1e-5)
