@@ -27,8 +27,6 @@ SMALL = ["experiment=smoke", "logger=none", "sample.num_samples=64", "label.num_
 GENERATE = ["stages=[generate]", "gan.batch_size=8", "generate.references_per_chunk=1"]
 NUM_IMAGES = 96
 
-pytestmark = pytest.mark.slow  # each test runs the app in subprocesses
-
 
 def run_app(*overrides: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "exfacegan.run", *overrides], cwd=cwd, env=_env(),
