@@ -19,10 +19,9 @@ def wheel(tmp_path_factory) -> Path:
     """The wheel built from a copy of the checkout, so that the build writes nothing into the repository."""
     tmp = tmp_path_factory.mktemp("wheel")
     source = tmp / "source"
-    shutil.copytree(ROOT, source, ignore=lambda folder, names: [
-        name for name in names if name.startswith(".") or name.endswith(".egg-info")
-        or name in ("__pycache__", "build", "dist", "outputs", "multirun", "wandb")
-    ])
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".*", "*.egg-info", "__pycache__", "build", "dist", "outputs", "multirun", "wandb", "*.pt", "*.pth", "*.pkl",
+        "*.onnx"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-q",
                     "-w", str(tmp / "dist")], check=True, capture_output=True, timeout=300)
     (path,) = (tmp / "dist").glob("exfacegan-*.whl")
