@@ -4,7 +4,8 @@
 #   RUN=/scratch/$USER/paper_sg2 PARTITION=gpu SHARDS=32 bash pipelines/paper_sg2_slurm.sh [Hydra overrides for every step]
 # CHECKPOINT=/path/to/backbone.pth selects the paper's own backbone (embedder=iresnet50); without it the
 # experiment's default embedder is used. LAUNCHER=submitit_local runs the same code path on this machine,
-# without a scheduler (e.g. `... paper_sg2_slurm.sh experiment=smoke logger=none` to try the flow).
+# without a scheduler (e.g. `... paper_sg2_slurm.sh experiment=smoke logger=none` to try the flow); it gives
+# every task GPU 0, so a multi-GPU workstation is better served by paper_sg2_local.sh.
 set -euo pipefail
 : "${RUN:?set RUN to a run directory on a shared file system}"
 SHARDS=${SHARDS:-32}
