@@ -2,6 +2,8 @@ import math
 
 import numpy as np
 import pytest
+import skimage.data as skdata
+import skimage.transform
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -17,7 +19,6 @@ from exfacegan.align import (
 from exfacegan.errors import ConfigError, DataError
 
 torch.set_num_threads(2)
-skdata = pytest.importorskip("skimage.data")
 
 
 def _similarity(angle: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -40,13 +41,12 @@ def test_similarity_estimate_recovers_known_transforms_in_a_batch():
 
 
 def test_similarity_estimate_is_the_least_squares_fit_skimage_finds():
-    transform = pytest.importorskip("skimage.transform")
     generator = torch.Generator().manual_seed(1)
     source = torch.randn(4, 5, 2, generator=generator, dtype=torch.float64) * 40 + 100
     target = template_points() + torch.randn(4, 5, 2, generator=generator, dtype=torch.float64) * 3
     ours = estimate_similarity(source, target)
     for index in range(4):
-        reference = transform.estimate_transform("similarity", source[index].numpy(), target[index].numpy())
+        reference = skimage.transform.estimate_transform("similarity", source[index].numpy(), target[index].numpy())
         assert np.allclose(ours[index].numpy(), reference.params[:2], atol=1e-8)
 
 
@@ -130,7 +130,6 @@ def astronaut() -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def dlib_aligner():
-    pytest.importorskip("dlib")
     from exfacegan.align import DlibAligner
 
     return DlibAligner()

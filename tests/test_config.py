@@ -1,4 +1,5 @@
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from exfacegan.config import resolve_device, validate_config
@@ -37,7 +38,7 @@ def test_a_sensible_config_passes(tmp_path):
     ("fit.references_per_chunk", 0, "fit.references_per_chunk"),
     ("generate.references_per_chunk", 0, "references_per_chunk"),
     ("stages", ["sample", "train"], "unknown stages"),
-    ("device", "cuda:7" , "CUDA"),
+    ("device", f"cuda:{torch.cuda.device_count()}", "CUDA"),  # one past the last GPU, also where there are GPUs
 ])
 def test_impossible_configs_fail_with_one_line(key, value, message):
     with pytest.raises(ConfigError, match=message) as error:
@@ -52,8 +53,6 @@ def test_dataset_larger_than_the_disk_is_refused(tmp_path):
 
 
 def test_auto_device_is_cpu_without_cuda():
-    import torch
-
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     assert resolve_device("auto", job_number=3).type == "cpu"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from importlib import resources
 from pathlib import Path
 
 import hydra
@@ -12,16 +13,22 @@ from omegaconf import DictConfig, OmegaConf
 
 from exfacegan.errors import ExFaceGANError
 
-# The configs live in the checkout's top-level conf/ (the package is installed editable from it), so
-# this resolves from any working directory.
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
+# The configs are the top-level conf/. A source checkout (PYTHONPATH=src, or installed editable) reads its own
+# copy; an installed wheel carries it as the package exfacegan.conf. Either resolves from any working directory.
+_CHECKOUT_CONF = Path(__file__).resolve().parents[2] / "conf"
+if (_CHECKOUT_CONF / "__init__.py").is_file():
+    CONFIG_PATH = str(_CHECKOUT_CONF)
+    CONFIG_DIR = _CHECKOUT_CONF
+else:
+    CONFIG_PATH = "pkg://exfacegan.conf"
+    CONFIG_DIR = Path(str(resources.files("exfacegan.conf")))
 
 OmegaConf.register_new_resolver("or_default", lambda value, default: default if value in (None, "") else value, replace=True)
 
 log = logging.getLogger("exfacegan")
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
 def main(cfg: DictConfig) -> None:
     from exfacegan.app import run_pipeline
 

@@ -8,12 +8,12 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from exfacegan.run import CONFIG_DIR, user_error
+from exfacegan.run import CONFIG_PATH, user_error
 
 log = logging.getLogger("exfacegan.train")
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR / "train"), config_name="config")
+@hydra.main(version_base="1.3", config_path=f"{CONFIG_PATH}/train", config_name="config")
 def main(cfg: DictConfig) -> None:
     from exfacegan.train.app import run_training
     from exfacegan.train.distributed import close_processes
