@@ -1,16 +1,29 @@
-"""Checks on a composed config that run before any heavy work."""
+"""Checks on a composed config that run before any heavy work, and the resolvers every user of the configs needs.
+
+`validate_config` checks every setting in three passes: the `SETTINGS` table (type and range per dotted key,
+skipped where a group option lacks the key); the option objects the stages build (`FitOptions`, `OffsetSpec`,
+`Truncation`), typed from their annotations and then constructed, so their own rules run now, not when their
+stage starts; and the settings that depend on each other or on the machine.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import shutil
+import types
+import typing
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from exfacegan.errors import ConfigError
+from exfacegan.errors import ConfigError, ExFaceGANError, did_you_mean
 
-KNOWN_STAGES = {"sample", "label", "fit", "generate", "merge", "analyze"}
+KNOWN_STAGES = ("sample", "label", "fit", "generate", "merge", "analyze")
 # What to give for the settings that configs leave mandatory (???).
 MISSING_HINTS = {
     "embedder.checkpoint": "the .pth state dict of an arcface_torch iresnet backbone",
@@ -18,6 +31,121 @@ MISSING_HINTS = {
 }
 # Typical encoded size of one 112x112 face, with headroom.
 BYTES_PER_IMAGE = {"png": 30_000, "jpg": 8_000}
+MAX_SEED = 2**32 - 1
+_ABSENT = object()
+
+
+def register_resolvers() -> None:
+    """The resolvers the configs use; every entry point (and any reader of a saved config) calls this first."""
+    OmegaConf.register_new_resolver(
+        "or_default", lambda value, default: default if value in (None, "") else value, replace=True
+    )
+
+
+def _precision(value: str) -> None:
+    from exfacegan.gans.latent import autocast_dtype
+
+    autocast_dtype(value)
+
+
+def _template(value: str) -> None:
+    from exfacegan.align.template import template_points
+
+    template_points(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """What one setting may hold: a type (bools are not ints, floats are finite), a range, a set, or a check."""
+
+    kind: type
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[Any, ...] = ()
+    null: bool = False
+    check: Callable[[Any], None] | None = None  # raises an ExFaceGANError naming what is allowed
+
+    def problem(self, value: Any) -> str | None:
+        """What is wrong with `value` (the phrase after 'must be'), or None."""
+        if value is None:
+            return None if self.null else f"{self._expected()} (not null)"
+        if not _is_kind(value, self.kind) or (self.choices and value not in self.choices):
+            return self._expected()
+        if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
+            return self._expected()
+        return None
+
+    def _expected(self) -> str:
+        if self.choices:
+            text = "one of " + ", ".join(map(str, self.choices))
+        else:
+            text = {int: "an integer", float: "a finite number", bool: "true or false", str: "a string"}.get(
+                self.kind, self.kind.__name__)
+            if self.low is not None and self.high is not None:
+                text += f" in [{self.low}, {self.high}]"
+            elif self.low is not None:
+                text += f" >= {self.low}"
+        return text + (" or null" if self.null else "")
+
+
+def _is_kind(value: Any, kind: type) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    if kind is float:
+        return isinstance(value, (int, float)) and math.isfinite(value)
+    return isinstance(value, kind)
+
+
+COUNT, SEED = Setting(int, low=1), Setting(int, low=0, high=MAX_SEED)
+FLAG, TEXT = Setting(bool), Setting(str)
+PRECISION = Setting(str, check=_precision)
+EMBEDDER = {"batch_size": COUNT, "precision": PRECISION}
+# Every setting that no option object below checks. Keys a group option lacks are skipped.
+SETTINGS: dict[str, Setting] = {
+    "run_dir": Setting(str, null=True),
+    "cache_dir": Setting(str, null=True),
+    "overwrite": FLAG,
+    "device": TEXT,
+    "gan.batch_size": COUNT,
+    "gan.noise_mode": Setting(str, choices=("const", "random", "none")),
+    "gan.precision": PRECISION,
+    "sample.num_samples": Setting(int, low=2),
+    "sample.seed": SEED,
+    "sample.batch_size": COUNT,
+    "sample.preview": COUNT,
+    "sample.randomize_attributes": FLAG,
+    "fit.references_per_chunk": COUNT,
+    "generate.shard": Setting(int, low=0),
+    "generate.num_shards": COUNT,
+    "generate.references_per_chunk": COUNT,
+    "analyze.max_impostor_pairs": COUNT,
+    "analyze.grid_identities": COUNT,
+    "analyze.grid_images": COUNT,
+    **{f"embedder.{key}": rule for key, rule in EMBEDDER.items()},
+    **{f"analyze.judge.{key}": rule for key, rule in EMBEDDER.items()},
+    "align.size": COUNT,
+    "align.template": Setting(str, check=_template),
+    "align.detector": Setting(str, choices=("hog", "cnn")),
+    "align.upsample": Setting(int, low=0),
+    "align.min_score": Setting(float),
+    "align.min_face_size": Setting(int, low=0),
+    "align.detect_size": Setting(int, low=1, null=True),
+    "label.num_references": Setting(int, low=1, null=True),
+    "label.chunk_size": COUNT,
+    "boundary.solver": Setting(str, choices=("svm", "batched", "ridge", "logistic")),
+    "boundary.margin": Setting(float, low=0),
+    "boundary.seed": SEED,
+    "boundary.max_iter": Setting(int, low=1, null=True),
+    "boundary.n_jobs": Setting(int, low=-1),
+    "sampling.seed": SEED,
+    "dataset.image_format": Setting(str, choices=tuple(BYTES_PER_IMAGE)),
+    "dataset.jpeg_quality": Setting(int, low=1, high=100),
+    "logger.mode": Setting(str, choices=("offline", "online", "disabled")),
+    "logger.project": TEXT,
+    "logger.entity": Setting(str, null=True),
+}
 
 
 def resolve_device(name: str, job_number: int | None = None) -> torch.device:
@@ -34,14 +162,20 @@ def resolve_device(name: str, job_number: int | None = None) -> torch.device:
         return torch.device("cuda", job_number % torch.cuda.device_count())
     try:
         device = torch.device(name)
-    except RuntimeError as error:
+    except (RuntimeError, TypeError) as error:
         raise ConfigError(f"device={name!r} is not a device name (use auto, cpu, cuda or cuda:N)") from error
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device={name!r} is not supported (use auto, cpu, cuda or cuda:N)")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={name} was asked for but no CUDA device is available; use device=cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device={name} but this machine has {torch.cuda.device_count()} CUDA device(s): "
+                          f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return device
 
 
 def validate_config(cfg: DictConfig) -> None:
+    """Refuse, in one line, any setting that would fail later; a single stage name becomes a one-element list."""
     missing = _missing_keys(OmegaConf.to_container(cfg, resolve=False))
     if missing:
         hints = "; ".join(f"{key}: {MISSING_HINTS[key]}" for key in missing if key in MISSING_HINTS)
@@ -49,37 +183,106 @@ def validate_config(cfg: DictConfig) -> None:
             f"set {', '.join(f'{key}=...' for key in missing)} on the command line"
             + (f" ({hints})" if hints else "") + "; experiment=smoke runs without any checkpoint"
         )
-    unknown = set(cfg.stages) - KNOWN_STAGES
-    if unknown:
-        raise ConfigError(f"unknown stages {sorted(unknown)}; choose from {sorted(KNOWN_STAGES)}")
-    threshold = cfg.label.threshold
-    if threshold != "median":
-        if not isinstance(threshold, (int, float)) or not -1.0 <= float(threshold) <= 1.0:
-            raise ConfigError(f"label.threshold must be 'median' or a cosine similarity in [-1, 1], got {threshold!r}")
-    if cfg.boundary.margin < 0:
-        raise ConfigError(f"boundary.margin must be >= 0, got {cfg.boundary.margin}")
-    num_samples = cfg.sample.num_samples
-    if num_samples < 2:
-        raise ConfigError(f"sample.num_samples must be at least 2, got {num_samples}")
-    references = cfg.label.num_references
-    if references is not None and not 1 <= references <= num_samples:
-        raise ConfigError(f"label.num_references={references} must be between 1 and sample.num_samples={num_samples}")
-    sampling = cfg.sampling
-    if sampling.per_class < 1:
-        raise ConfigError(f"sampling.per_class must be at least 1, got {sampling.per_class}")
-    if not 0 <= sampling.min_off <= sampling.max_off:
-        raise ConfigError(f"need 0 <= sampling.min_off <= sampling.max_off, got {sampling.min_off} and {sampling.max_off}")
-    if cfg.dataset.image_format not in BYTES_PER_IMAGE:
-        raise ConfigError(f"dataset.image_format must be one of {sorted(BYTES_PER_IMAGE)}, got {cfg.dataset.image_format!r}")
-    if not 0 <= cfg.generate.shard < cfg.generate.num_shards:
-        raise ConfigError(f"generate.shard={cfg.generate.shard} must be in [0, generate.num_shards={cfg.generate.num_shards})")
-    if cfg.get("fit", {}).get("references_per_chunk", 1) < 1:
-        raise ConfigError(f"fit.references_per_chunk must be at least 1, got {cfg.fit.references_per_chunk}")
-    if cfg.generate.get("references_per_chunk", 1) < 1:
-        raise ConfigError(f"generate.references_per_chunk must be at least 1, got {cfg.generate.references_per_chunk}")
+    if isinstance(cfg.stages, str):
+        cfg.stages = [cfg.stages]
+    _check_stages(cfg.stages)
+    for key, setting in SETTINGS.items():
+        value = _value(cfg, key)
+        if value is not _ABSENT:
+            _check(key, setting, value)
+    _check_option_objects(cfg)
+    _check_relations(cfg)
     resolve_device(cfg.device)
     if "generate" in cfg.stages:
-        _check_disk_space(cfg, references or num_samples)
+        _check_disk_space(cfg, cfg.label.num_references or cfg.sample.num_samples)
+
+
+def _value(cfg: DictConfig, key: str) -> Any:
+    try:
+        value = OmegaConf.select(cfg, key, default=_ABSENT, throw_on_resolution_failure=True)
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"{key}: {str(error).splitlines()[0]}") from None
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def _check(key: str, setting: Setting, value: Any) -> None:
+    problem = setting.problem(value)
+    if problem is not None:
+        raise ConfigError(f"{key} must be {problem}, got {value!r}")
+    if setting.check is not None and value is not None:
+        try:
+            setting.check(value)
+        except ExFaceGANError as error:
+            raise ConfigError(f"{key}: {error}") from None
+
+
+def _check_stages(stages: Any) -> None:
+    if not OmegaConf.is_list(stages) or not stages or not all(isinstance(stage, str) for stage in stages):
+        raise ConfigError(f"stages must be a list of stage names such as [sample,label], got {stages!r}")
+    unknown = [stage for stage in stages if stage not in KNOWN_STAGES]
+    if unknown:
+        raise ConfigError(f"unknown stages {unknown}{did_you_mean(unknown[0], KNOWN_STAGES)}; choose from {list(KNOWN_STAGES)}")
+
+
+def _check_option_objects(cfg: DictConfig) -> None:
+    """Build the option objects of the fit and generate stages and the truncation now, with their own checks."""
+    from exfacegan.boundary import FitOptions
+    from exfacegan.gans.latent import Truncation
+    from exfacegan.stages.generate import OffsetSpec
+
+    boundary = _value(cfg, "boundary")
+    for key in ("solver", "margin"):
+        boundary.pop(key, None)
+    if boundary.get("device") == "auto":
+        boundary["device"] = "cpu"  # the run's device, checked below
+    elif "device" in boundary:
+        _typed("boundary.device", boundary["device"], str)
+        try:
+            resolve_device(boundary["device"])
+        except ConfigError as error:
+            raise ConfigError(f"boundary.{error}") from None  # "device=..." -> "boundary.device=..."
+    FitOptions.from_kwargs(_typed_options(FitOptions, boundary, "boundary"))
+    OffsetSpec(**_typed_options(OffsetSpec, _value(cfg, "sampling"), "sampling")).validate()
+    Truncation(**_typed_options(Truncation, _value(cfg, "gan.truncation"), "gan.truncation"))
+
+
+def _check_relations(cfg: DictConfig) -> None:
+    threshold = cfg.label.threshold
+    if threshold != "median" and Setting(float, low=-1.0, high=1.0).problem(threshold) is not None:
+        raise ConfigError(f"label.threshold must be 'median' or a cosine similarity in [-1, 1], got {threshold!r}")
+    references, num_samples = cfg.label.num_references, cfg.sample.num_samples
+    if references is not None and references > num_samples:
+        raise ConfigError(f"label.num_references={references} must be between 1 and sample.num_samples={num_samples}")
+    if not cfg.generate.shard < cfg.generate.num_shards:
+        raise ConfigError(f"generate.shard={cfg.generate.shard} must be in [0, generate.num_shards={cfg.generate.num_shards})")
+    for key in ("run_dir", "cache_dir"):
+        path = cfg.get(key)
+        if path and Path(path).exists() and not Path(path).is_dir():
+            raise ConfigError(f"{key}={path} is an existing file, not a folder")
+
+
+def _typed_options(spec: type, values: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """`values` checked against the field annotations of the dataclass `spec` (unknown keys refused)."""
+    hints = typing.get_type_hints(spec)
+    fields = [field.name for field in dataclasses.fields(spec)]
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(f"unknown setting {prefix}.{key}{did_you_mean(key, fields)}")
+        _typed(f"{prefix}.{key}", value, hints[key])
+    return values
+
+
+def _typed(key: str, value: Any, annotation: Any) -> Any:
+    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) or typing.get_origin(
+        annotation) is typing.Union else (annotation,)
+    null = type(None) in options
+    kinds = [option for option in options if option is not type(None)]
+    if len(kinds) == 1 and typing.get_origin(kinds[0]) is typing.Literal:
+        literal = typing.get_args(kinds[0])
+        _check(key, Setting(type(literal[0]), choices=literal, null=null), value)
+    elif len(kinds) == 1 and kinds[0] in (int, float, bool, str):
+        _check(key, Setting(kinds[0], null=null), value)
+    return value
 
 
 def _missing_keys(node: object, prefix: str = "") -> list[str]:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
 
-from exfacegan.errors import DataError
+from exfacegan.errors import ConfigError, DataError
+
+Center = Literal["w_avg", "zero"]
 
 
 @dataclass(frozen=True)
@@ -22,7 +25,12 @@ class Truncation:
 
     psi: float = 1.0
     cutoff: int | None = None
-    center: Literal["w_avg", "zero"] = "w_avg"
+    center: Center = "w_avg"
+
+    def __post_init__(self) -> None:
+        centers = typing.get_args(Center)
+        if self.center not in centers:
+            raise ConfigError(f"gan.truncation.center must be one of {', '.join(centers)}, got {self.center!r}")
 
 
 def ws_from_w(generator: nn.Module, w: torch.Tensor, truncation: Truncation = Truncation()) -> torch.Tensor:
