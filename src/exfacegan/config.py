@@ -111,6 +111,7 @@ SETTINGS: dict[str, Setting] = {
     "gan.batch_size": COUNT,
     "gan.noise_mode": Setting(str, choices=("const", "random", "none")),
     "gan.precision": PRECISION,
+    "gan.truncation.cutoff": Setting(int, low=0, null=True),
     "sample.num_samples": Setting(int, low=2),
     "sample.seed": SEED,
     "sample.batch_size": COUNT,

@@ -52,6 +52,8 @@ def report_errors(task: Callable[[], Any], prog: str = "exfacegan", cleanup: Cal
             raise
         if cleanup is not None:
             cleanup()
+        if log.hasHandlers():  # the run's log; with no handler, Python would print it to stderr a second time
+            log.error("%s", cause)
         return _fail(prog, str(cause))
     return result if isinstance(result, int) else 0
 
@@ -83,8 +85,6 @@ def run_hydra_app(app: Callable[[], Any], prog: str = "exfacegan") -> None:
 
 
 def _fail(prog: str, message: str) -> int:
-    if log.hasHandlers():  # the run's log; before Hydra configured logging, Python would print it to stderr
-        log.error("%s", message)
     print(f"{prog}: error: {message}", file=sys.stderr)
     return EXIT_USER_ERROR
 
