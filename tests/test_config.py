@@ -1,4 +1,5 @@
 import pytest
+from omegaconf import OmegaConf
 
 from exfacegan.config import resolve_device, validate_config
 from exfacegan.errors import ConfigError
@@ -65,3 +66,21 @@ def test_mandatory_settings_left_unset_are_named_in_one_line():
     message = str(error.value)
     assert "\n" not in message
     assert "embedder.checkpoint=..." in message and "gan.network.source=..." in message
+
+
+def _group_options() -> list[str]:
+    from exfacegan.run import CONFIG_DIR
+
+    return [f"{group.name}={option.stem}" for group in sorted(CONFIG_DIR.iterdir()) if group.is_dir()
+            and group.name != "train" for option in sorted(group.glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("option", _group_options())
+def test_every_shipped_group_option_passes(option):
+    """The table of settings refuses nothing that the shipped configs hold (mandatory paths given)."""
+    cfg = _cfg(option, "stages=[sample]")
+    for parent, leaf in (("embedder", "checkpoint"), ("gan.network", "source")):
+        node = OmegaConf.select(cfg, parent)
+        if leaf in node.keys() and OmegaConf.is_missing(node, leaf):
+            node[leaf] = "/given/on/the/command/line"
+    validate_config(cfg)

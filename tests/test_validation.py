@@ -73,6 +73,8 @@ CASES = {
     # embedder, judge, align
     "embedder.batch_size=0": "embedder.batch_size",
     "embedder.precision=half": "embedder.precision",
+    "embedder=dlib embedder.network.num_jitters=-1": "embedder.network.num_jitters",
+    "embedder=dlib embedder.network.padding=-0.5": "embedder.network.padding",
     "embedder@analyze.judge=iresnet_small analyze.judge.batch_size=false": "analyze.judge.batch_size",
     "align.template=arcface_shift9": "align.template",
     "align.size=0": "align.size",
@@ -100,6 +102,7 @@ CASES = {
     "boundary.on_degenerate=ignore": "boundary.on_degenerate",
     "boundary.tol=0": "boundary.tol",
     "boundary.max_iter=0": "boundary.max_iter",
+    "boundary.n_jobs=0": "boundary.n_jobs",
     "boundary.n_jobs=-2": "boundary.n_jobs",
     "boundary=batched boundary.device=cuda:64": "boundary.device=cuda:64",
     "boundary=batched boundary.chunk_size=0": "boundary.chunk_size",

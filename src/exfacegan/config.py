@@ -48,6 +48,11 @@ def _precision(value: str) -> None:
     autocast_dtype(value)
 
 
+def _jobs(value: int) -> None:
+    if value == 0 or value < -1:
+        raise ConfigError(f"must be -1 (all cores) or a number of processes >= 1, got {value}")
+
+
 def _template(value: str) -> None:
     from exfacegan.align.template import template_points
 
@@ -101,7 +106,8 @@ def _is_kind(value: Any, kind: type) -> bool:
 COUNT, SEED = Setting(int, low=1), Setting(int, low=0, high=MAX_SEED)
 FLAG, TEXT = Setting(bool), Setting(str)
 PRECISION = Setting(str, check=_precision)
-EMBEDDER = {"batch_size": COUNT, "precision": PRECISION}
+EMBEDDER = {"batch_size": COUNT, "precision": PRECISION, "network.num_jitters": Setting(int, low=0),
+            "network.padding": Setting(float, low=0)}
 # Every setting that no option object below checks. Keys a group option lacks are skipped.
 SETTINGS: dict[str, Setting] = {
     "run_dir": Setting(str, null=True),
@@ -139,7 +145,7 @@ SETTINGS: dict[str, Setting] = {
     "boundary.margin": Setting(float, low=0),
     "boundary.seed": SEED,
     "boundary.max_iter": Setting(int, low=1, null=True),
-    "boundary.n_jobs": Setting(int, low=-1),
+    "boundary.n_jobs": Setting(int, check=_jobs),
     "sampling.seed": SEED,
     "dataset.image_format": Setting(str, choices=tuple(BYTES_PER_IMAGE)),
     "dataset.jpeg_quality": Setting(int, low=1, high=100),
