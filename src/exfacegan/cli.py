@@ -1,7 +1,7 @@
 """The `exfacegan` console script. Subcommands register themselves in `SUBCOMMANDS`.
 
     exfacegan report <run_dir | image_folder> [--embedder dlib|iresnet50|iresnet100 --checkpoint PTH]
-                     [--out DIR] [--device cpu|cuda] [--batch-size N] [--max-impostor-pairs N]
+                     [--out DIR] [--device cpu|cuda|cuda:N|auto] [--batch-size N] [--max-impostor-pairs N]
 
 For a run directory the embedder the run judged with (`analyze.judge`, else `embedder`, read from the
 run's config.yaml) is reused unless --embedder is given; anything else defaults to dlib.
