@@ -295,3 +295,12 @@ def test_hydra_errors_from_the_command_line(module, args, fragment, prog, tmp_pa
     assert_one_line(result.returncode, result.stderr.splitlines(), fragment, prog)
     assert "Traceback" not in result.stdout + result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("center", ["w-avg", "mean", None])
+def test_truncation_itself_refuses_an_unknown_centre(center):
+    from exfacegan.gans.latent import Truncation
+
+    with pytest.raises(ConfigError, match="gan.truncation.center"):
+        Truncation(psi=0.7, center=center)
+    assert Truncation(psi=0.7, center="zero").center == "zero"
