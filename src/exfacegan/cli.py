@@ -1,7 +1,7 @@
 """The `exfacegan` console script. Subcommands register themselves in `SUBCOMMANDS`.
 
     exfacegan report <run_dir | image_folder> [--embedder dlib|iresnet50|iresnet100 --checkpoint PTH]
-                     [--out DIR] [--device cpu|cuda] [--batch-size N] [--max-impostor-pairs N]
+                     [--out DIR] [--device cpu|cuda|cuda:N|auto] [--batch-size N] [--max-impostor-pairs N]
 
 For a run directory the embedder the run judged with (`analyze.judge`, else `embedder`, read from the
 run's config.yaml) is reused unless --embedder is given; anything else defaults to dlib.
@@ -34,10 +34,12 @@ def build_embedder(name: str, checkpoint: str | None, device: str):
 
 def run_embedder(run_dir: Path, device: str):
     """The embedder a run judged its dataset with, built from its saved config; None if there is none."""
-    import exfacegan.run  # noqa: F401  (registers the config resolvers)
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
+    from exfacegan.config import register_resolvers
+
+    register_resolvers()
     for name in RUN_CONFIGS:
         path = run_dir / name
         if not path.is_file():
@@ -56,12 +58,31 @@ def run_embedder(run_dir: Path, device: str):
     return None
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse impossible arguments in one line, before any network is built; `--device auto` becomes a device."""
+    from exfacegan.config import resolve_device
+
+    for name in ("batch_size", "max_impostor_pairs"):
+        if getattr(args, name, 1) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if getattr(args, "num_workers", 0) < 0:
+        raise ConfigError(f"--num-workers must be >= 0, got {args.num_workers}")
+    if getattr(args, "out", None) and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out} is an existing file, not a folder")
+    if hasattr(args, "device"):
+        try:
+            args.device = str(resolve_device(args.device))
+        except ConfigError as error:
+            raise ConfigError(f"--device {args.device}: {error}") from None
+
+
 def report(args: argparse.Namespace) -> int:
     from exfacegan.stages.analyze import analyze, find_run_inputs
 
     path = Path(args.path)
-    if not path.exists():
-        raise DataError(f"{path} does not exist; give a run directory or an image folder <root>/<identity>/<images>")
+    if not path.is_dir():
+        problem = "is not a folder" if path.exists() else "does not exist"
+        raise DataError(f"{path} {problem}; give a run directory or an image folder <root>/<identity>/<images>")
     is_run = (path / "generate" / "dataset").is_dir()
     embedder = None
     if args.embedder is None and is_run:
@@ -91,7 +112,7 @@ def add_report_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="the judging FR model (default: the run's, else dlib)")
     parser.add_argument("--checkpoint", default=None, help="iresnet backbone .pth (for --embedder iresnet*)")
     parser.add_argument("--out", default=None, help="output folder (default: <run_dir>/report or ./<name>_report)")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-impostor-pairs", type=int, default=1_000_000)
     parser.add_argument("--num-workers", type=int, default=0, help="image decoding processes")
@@ -110,12 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from exfacegan.entry import report_errors
+
     args = build_parser().parse_args(argv)
-    try:
-        return args.handler(args)
-    except ExFaceGANError as error:
-        print(f"exfacegan: error: {error}", file=sys.stderr)
-        return 2
+    return report_errors(lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    check_args(args)
+    return args.handler(args)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
-"""User-facing errors: each one is reported as a single line, without a traceback."""
+"""User-facing errors: each one is reported as a single line, without a traceback (see `exfacegan.entry`)."""
+
+import difflib
+from collections.abc import Iterable
 
 
 class ExFaceGANError(Exception):
@@ -15,3 +18,9 @@ class CheckpointError(ExFaceGANError):
 
 class DataError(ExFaceGANError):
     """Input data (latents, labels, images) of the wrong shape or content."""
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    """' (did you mean X?)' for the candidate closest to a misspelt `word`, or ''."""
+    close = difflib.get_close_matches(word, list(candidates), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from importlib import resources
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from exfacegan.errors import ExFaceGANError
+from exfacegan.entry import run_hydra_app, run_hydra_task
 
 # The configs are the top-level conf/. A source checkout (PYTHONPATH=src, or installed editable) reads its own
 # copy; an installed wheel carries it as the package exfacegan.conf. Either resolves from any working directory.
@@ -23,27 +22,18 @@ else:
     CONFIG_PATH = "pkg://exfacegan.conf"
     CONFIG_DIR = Path(str(resources.files("exfacegan.conf")))
 
-OmegaConf.register_new_resolver("or_default", lambda value, default: default if value in (None, "") else value, replace=True)
-
-log = logging.getLogger("exfacegan")
-
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
-def main(cfg: DictConfig) -> None:
+def app(cfg: DictConfig) -> None:
     from exfacegan.app import run_pipeline
 
     if os.environ.get("SLURM_PROCID", "0") != "0":  # one log per array task, not per rank
         logging.getLogger().setLevel(logging.WARNING)
-    try:
-        run_pipeline(cfg)
-    except Exception as error:
-        cause = user_error(error)
-        if cause is None:
-            raise
-        _discard_unstarted_stages(cfg)
-        log.error("%s", cause)
-        print(f"exfacegan: error: {cause}", file=sys.stderr)
-        sys.exit(2)
+    run_hydra_task(lambda: run_pipeline(cfg), cleanup=lambda: _discard_unstarted_stages(cfg))
+
+
+def main() -> None:
+    run_hydra_app(app)
 
 
 def _discard_unstarted_stages(cfg: DictConfig) -> None:
@@ -55,15 +45,6 @@ def _discard_unstarted_stages(cfg: DictConfig) -> None:
     root = cfg.run_dir or (HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else None)
     if root is not None and Path(root).is_dir():
         RunDirectory(Path(root)).discard_unstarted()
-
-
-def user_error(error: BaseException | None) -> ExFaceGANError | None:
-    """The user-facing error behind `error`, also when Hydra's instantiate has wrapped it."""
-    while error is not None:
-        if isinstance(error, ExFaceGANError):
-            return error
-        error = error.__cause__ or error.__context__
-    return None
 
 
 if __name__ == "__main__":

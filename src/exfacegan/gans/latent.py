@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 from typing import Literal
 
@@ -10,7 +11,8 @@ from torch import nn
 
 from exfacegan.errors import ConfigError, DataError
 
-TRUNCATION_STAGES = ("render", "sample")
+Center = Literal["w_avg", "zero"]
+TruncationStage = Literal["render", "sample"]
 
 
 @dataclass(frozen=True)
@@ -30,12 +32,14 @@ class Truncation:
 
     psi: float = 1.0
     cutoff: int | None = None
-    center: Literal["w_avg", "zero"] = "w_avg"
-    at: Literal["render", "sample"] = "render"
+    center: Center = "w_avg"
+    at: TruncationStage = "render"
 
     def __post_init__(self) -> None:
-        if self.at not in TRUNCATION_STAGES:
-            raise ConfigError(f"gan.truncation.at must be one of {list(TRUNCATION_STAGES)}, got {self.at!r}")
+        for key, allowed in (("center", Center), ("at", TruncationStage)):
+            if getattr(self, key) not in typing.get_args(allowed):
+                raise ConfigError(f"gan.truncation.{key} must be one of {', '.join(typing.get_args(allowed))}, "
+                                  f"got {getattr(self, key)!r}")
         if self.at == "sample" and self.cutoff is not None:
             raise ConfigError("gan.truncation.at=sample truncates the one stored w, so gan.truncation.cutoff must be "
                               f"null, got {self.cutoff}")

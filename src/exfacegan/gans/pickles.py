@@ -74,7 +74,8 @@ def _storage_from_bytes(data: bytes) -> Any:
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
-def _numpy_globals() -> dict[tuple[str, str], Any]:
+def numpy_globals() -> dict[tuple[str, str], Any]:
+    """What NumPy arrays and scalars of plain dtypes need to be unpickled."""
     core = getattr(np, "_core", None) or np.core
     table: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
     for package in ("numpy.core", "numpy._core"):
@@ -94,24 +95,32 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
     ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
     ("torch.storage", "_load_from_bytes"): _storage_from_bytes,
-    **_numpy_globals(),
+    **numpy_globals(),
 }
 
 
 class RestrictedUnpickler(pickle.Unpickler):
-    """Resolves only `ALLOWED_GLOBALS`; refuses every other global and persistent id."""
+    """Resolves only `allowed_globals`; refuses every other global and persistent id.
+
+    Other file kinds subclass it with their own `allowed_globals`, `kind`, `holds` and `error`.
+    """
+
+    allowed_globals: dict[tuple[str, str], Any] = ALLOWED_GLOBALS
+    kind = "a network pickle"
+    holds = "tensors, NumPy arrays, dicts and StyleGAN persistence records"
+    error: type[Exception] = CheckpointError
 
     def find_class(self, module: str, name: str) -> Any:
-        resolved = ALLOWED_GLOBALS.get((module, name))
+        resolved = self.allowed_globals.get((module, name))
         if resolved is None:
-            raise CheckpointError(
-                f"refused to load: the pickle asks for the global '{module}.{name}', which a network pickle "
-                "does not need (only tensors, NumPy arrays, dicts and StyleGAN persistence records are allowed)"
+            raise self.error(
+                f"refused to load: the pickle asks for the global '{module}.{name}', which {self.kind} "
+                f"does not need (only {self.holds} are allowed)"
             )
         return resolved
 
     def persistent_load(self, pid: Any) -> Any:
-        raise CheckpointError("refused to load: the pickle uses persistent ids, which a network pickle does not")
+        raise self.error(f"refused to load: the pickle uses persistent ids, which {self.kind} does not")
 
 
 def read_network_pickle(path: str | Path) -> Any:

@@ -2,33 +2,28 @@
 
 Under `torchrun --nproc_per_node=N -m exfacegan.train ...` the same command trains with DDP; see conf/train/.
 """
-import logging
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
-from exfacegan.run import CONFIG_PATH, user_error
+from exfacegan.entry import run_hydra_app, run_hydra_task
+from exfacegan.run import CONFIG_PATH
 
-log = logging.getLogger("exfacegan.train")
+PROG = "exfacegan.train"
 
 
 @hydra.main(version_base="1.3", config_path=f"{CONFIG_PATH}/train", config_name="config")
-def main(cfg: DictConfig) -> None:
+def app(cfg: DictConfig) -> None:
     from exfacegan.train.app import run_training
     from exfacegan.train.distributed import close_processes
 
     try:
-        run_training(cfg)
-    except Exception as error:
-        cause = user_error(error)
-        if cause is None:
-            raise
-        log.error("%s", cause)
-        print(f"exfacegan.train: error: {cause}", file=sys.stderr)
-        sys.exit(2)
+        run_hydra_task(lambda: run_training(cfg), prog=PROG)
     finally:
         close_processes()
+
+
+def main() -> None:
+    run_hydra_app(app, prog=PROG)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,9 @@
-"""10-fold verification on insightface .bin files (pickle of (bins, issame_list))."""
+"""10-fold verification on insightface .bin files (pickle of (bins, issame_list)).
+
+A .bin is read by a restricted unpickler (`gans.pickles.RestrictedUnpickler`) that resolves only what those
+files hold: bytes (Python 2 strings, or Python 3 bytes pickled with protocol 2 through `_codecs.encode`),
+NumPy arrays and bools; any other global, e.g. `os.system`, is refused, naming it, before it can run.
+"""
 from __future__ import annotations
 
 import io
@@ -14,6 +19,7 @@ from sklearn.model_selection import KFold
 
 from exfacegan.data.image_folder import decode_rgb
 from exfacegan.errors import DataError
+from exfacegan.gans.pickles import RestrictedUnpickler, numpy_globals
 
 THRESHOLDS = np.arange(0, 4, 0.01)
 N_FOLDS = 10
@@ -32,6 +38,35 @@ def write_bin(path: str | Path, images: np.ndarray, issame: list[bool]) -> None:
         pickle.dump((bins, list(map(bool, issame))), f)
 
 
+def _latin1_bytes(text: str, encoding: str) -> bytes:
+    """`_codecs.encode` as Python 3 pickles bytes with protocol 2, and nothing else."""
+    if not isinstance(text, str) or encoding != "latin1":
+        raise DataError("refused to load: the pickle calls _codecs.encode other than to rebuild bytes")
+    return text.encode("latin1")
+
+
+class BinUnpickler(RestrictedUnpickler):
+    allowed_globals = {**numpy_globals(), ("_codecs", "encode"): _latin1_bytes}
+    kind = "an insightface .bin"
+    holds = "bytes, NumPy arrays and bools"
+    error = DataError
+
+
+def _load_pairs(handle: io.BufferedReader) -> tuple[list, np.ndarray]:
+    """The (encoded images, issame) pair of a .bin, checked to be exactly that."""
+    data = BinUnpickler(handle, encoding="bytes").load()
+    if not (isinstance(data, (tuple, list)) and len(data) == 2):
+        raise DataError(f"expected a pair (images, issame), got {type(data).__name__}")
+    bins, issame = data
+    if not isinstance(bins, (list, tuple, np.ndarray)) or not all(
+            isinstance(b, (bytes, bytearray, np.ndarray)) for b in bins):
+        raise DataError("the images are not a list of encoded image bytes")
+    flags = np.asarray(issame)
+    if flags.ndim != 1 or flags.dtype != bool:
+        raise DataError(f"issame is not a list of bools (dtype {flags.dtype}, {flags.ndim} dimensions)")
+    return list(bins), flags
+
+
 def read_bin(path: str | Path, size: int = 112) -> tuple[torch.Tensor, np.ndarray]:
     """Decode a .bin into uint8 images [2P, 3, size, size] and issame bool [P]."""
     path = Path(path)
@@ -39,11 +74,11 @@ def read_bin(path: str | Path, size: int = 112) -> tuple[torch.Tensor, np.ndarra
         raise DataError(f"verification file {path} not found; set eval.root to the folder of <name>.bin")
     try:
         with open(path, "rb") as f:
-            bins, issame = pickle.load(f, encoding="bytes")
+            bins, issame = _load_pairs(f)
         with ThreadPoolExecutor(max_workers=8) as pool:
             images = list(pool.map(lambda b: decode_rgb(bytes(b), size), bins))
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, OSError, DataError) as error:
-        raise DataError(f"cannot read {path} as an insightface .bin (pickled images, issame): {error}") from error
+    except (DataError, pickle.UnpicklingError, EOFError, ValueError, TypeError, OSError) as error:
+        raise DataError(f"cannot read {path} as an insightface .bin (pickled images, issame): {error}") from None
     if len(images) != 2 * len(issame):
         raise DataError(f"{path}: {len(images)} images for {len(issame)} pairs; need 2 per pair")
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), np.asarray(issame, bool)
