@@ -9,12 +9,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from exfacegan.errors import ConfigError
+from exfacegan.weights import preflight
 
 KNOWN_STAGES = {"sample", "label", "fit", "generate", "merge", "analyze"}
 # What to give for the settings that configs leave mandatory (???).
 MISSING_HINTS = {
     "embedder.checkpoint": "the .pth state dict of an arcface_torch iresnet backbone",
     "gan.network.source": "an official checkpoint path or a registry name",
+    "embedder.path": "an ONNX face model file or a registry name",
 }
 # Typical encoded size of one 112x112 face, with headroom.
 BYTES_PER_IMAGE = {"png": 30_000, "jpg": 8_000}
@@ -80,6 +82,7 @@ def validate_config(cfg: DictConfig) -> None:
     resolve_device(cfg.device)
     if "generate" in cfg.stages:
         _check_disk_space(cfg, references or num_samples)
+    preflight(cfg)
 
 
 def _missing_keys(node: object, prefix: str = "") -> list[str]:
