@@ -178,3 +178,18 @@ def test_provenance_records_the_cached_file_of_a_registry_name(pack, tmp_path):
     path = weights.fetch("toy")
     cfg = OmegaConf.create({"embedder": {"network": {"path": "toy"}}, "gan": {"network": {"source": "toy-sibling"}}})
     assert checkpoint_paths(cfg) == {"embedder.network.path": path, "gan.network.source": path.with_name("other.bin")}
+
+
+@pytest.mark.parametrize("experiment, missing", [("paper_sg2", set()), ("paper_sg3", set()),
+                                                 ("paper_gan_control", {"gan.network.source"})])
+def test_paper_experiments_need_only_what_cannot_be_downloaded(experiment, missing):
+    from hydra import compose, initialize_config_dir
+
+    from exfacegan.run import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"experiment={experiment}"])
+    assert OmegaConf.missing_keys(cfg) == missing
+    assert cfg.embedder.network.path == "arcface_r50_webface600k" and cfg.sample.num_samples == 11000
+    if experiment == "paper_sg3":
+        assert cfg.gan.network.source == "stylegan3-r-ffhq-1024"
