@@ -17,7 +17,7 @@ from onnx import TensorProto, helper
 from exfacegan import weights
 from exfacegan.cli import build_embedder
 from exfacegan.embedders import IResNet, iresnet, load_onnx_embedder
-from exfacegan.errors import CheckpointError
+from exfacegan.errors import CheckpointError, ConfigError
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -169,6 +169,12 @@ def test_missing_file_corrupt_file_and_non_onnx_registry_name_are_one_line(tmp_p
         with pytest.raises(CheckpointError, match=message) as error:
             load_onnx_embedder(source)
         assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("setting", [{"std": 0.0}, {"mean": [1.0, 2.0]}, {"precision": "fp8"}])
+def test_impossible_settings_are_refused_before_the_file_is_read(tmp_path, setting):
+    with pytest.raises(ConfigError, match=next(iter(setting))):
+        load_onnx_embedder(tmp_path / "not_read.onnx", **setting)
 
 
 def test_a_registry_name_is_fetched_and_run(small_file, tmp_path, monkeypatch):

@@ -177,6 +177,10 @@ def load_onnx_embedder(
     """
     import onnx
 
+    if precision not in PRECISIONS:  # the settings are checked before the file is fetched or read
+        raise ConfigError(f"unknown embedder precision {precision!r}; choose one of {sorted(PRECISIONS)}")
+    _per_channel(mean, "mean")
+    _per_channel(std, "std")
     file = resolve_model_file(path)
     try:
         model = onnx.load(str(file))
