@@ -9,6 +9,7 @@ import zipfile
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,8 +19,6 @@ from exfacegan import weights
 from exfacegan.cli import build_embedder
 from exfacegan.embedders import IResNet, iresnet, load_onnx_embedder
 from exfacegan.errors import CheckpointError, ConfigError
-
-ort = pytest.importorskip("onnxruntime")
 
 
 def _randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

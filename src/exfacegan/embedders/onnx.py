@@ -11,6 +11,7 @@ import inspect
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -51,18 +52,18 @@ class OnnxGraph(nn.Module):
             elif (reason := problem(op, attrs)) or not _accepts(OPS[op], attrs):
                 refused.add(reason or f"{op} with attributes {sorted(attrs)}")
             else:
-                self.nodes.append((op, list(node.input), [o for o in node.output], attrs))
+                self.nodes.append((op, list(node.input), list(node.output), attrs))
         if refused:
             raise CheckpointError(
                 f"{source} uses ONNX ops exfacegan cannot run: {', '.join(sorted(refused))} "
                 f"(supported: {', '.join(sorted([*OPS, 'Constant']))})"
             )
-        inputs = [i for i in graph.input if i.name not in values]
-        if len(inputs) != 1:
-            raise CheckpointError(f"{source} has {len(inputs)} inputs; exfacegan feeds one image batch")
-        self.input_name = inputs[0].name
-        self.input_dims = _static_dims(inputs[0])
-        self.input_type = inputs[0].type.tensor_type.elem_type
+        feeds = [i for i in graph.input if i.name not in values]
+        if len(feeds) != 1:
+            raise CheckpointError(f"{source} has {len(feeds)} inputs; exfacegan feeds one image batch")
+        self.input_name = feeds[0].name
+        self.input_dims = _static_dims(feeds[0])
+        self.input_type = feeds[0].type.tensor_type.elem_type
         self.output_name = graph.output[0].name
         used = {name for _, inputs, _, _ in self.nodes for name in inputs} | {self.output_name}
         extra = sorted(o for _, _, outputs, _ in self.nodes for o in outputs[1:] if o and o in used)
@@ -92,10 +93,8 @@ class OnnxGraph(nn.Module):
         return env[self.output_name]
 
 
-def _constant(attrs: dict):
+def _constant(attrs: dict) -> np.ndarray:
     from onnx import numpy_helper
-
-    import numpy as np
 
     if "value" in attrs:
         return numpy_helper.to_array(attrs["value"])
