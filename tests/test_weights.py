@@ -171,7 +171,7 @@ def test_preflight_checks_every_source_first_then_fetches_what_the_stages_build(
     onnx_file.write_bytes(b"x")
     weights.preflight(_pipeline_cfg(["sample", "analyze"], "stylegan2-ffhq-256", "arcface_r50_webface600k"))
     weights.preflight(_pipeline_cfg(["sample"], str(tmp_path), str(onnx_file)))  # a GAN-Control folder, a file
-    assert fetched == ["stylegan2-ffhq-256", "arcface_r50_webface600k"]
+    assert fetched == ["arcface_r50_webface600k", "stylegan2-ffhq-256"]  # an unreachable embedder fails before the GAN
 
 
 def test_provenance_records_the_cached_file_of_a_registry_name(pack, tmp_path):

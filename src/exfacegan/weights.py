@@ -245,7 +245,7 @@ def preflight(cfg: DictConfig) -> None:
               "analyze": (judge,)}
     needed = {node for stage in cfg.stages for node in builds.get(stage, ())}
     to_fetch = []
-    for node_key in ("gan.network", "align", "embedder.network", judge):
+    for node_key in dict.fromkeys(("embedder.network", judge, "align", "gan.network")):  # the GAN, largest, last
         node = OmegaConf.select(cfg, node_key)
         for key in SOURCE_KEYS if isinstance(node, DictConfig) else ():
             value = node.get(key)
