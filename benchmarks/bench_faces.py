@@ -1,13 +1,16 @@
-"""Throughput of the face side: aligners (FFHQ template, dlib) and embedders (iresnet50, dlib).
+"""Throughput of the face side: aligners (FFHQ template, dlib) and embedders (iresnet50, its ONNX export, dlib).
 
     python benchmarks/bench_faces.py [--device cpu|cuda] [--threads 2] [--repeats 3]
 
-Prints images per second for each part; weights are random (speed does not depend on them).
+Prints images per second for each part; weights are random (speed does not depend on them). The ONNX
+embedder runs an iresnet50 exported as insightface's torch2onnx.py exports it, next to onnxruntime on the
+same file (when installed: the dev extra).
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -15,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from exfacegan.align import DlibAligner, FFHQTemplateAligner
-from exfacegan.embedders import DlibEmbedder, IResNetEmbedder, iresnet
+from exfacegan.embedders import DlibEmbedder, IResNetEmbedder, iresnet, load_onnx_embedder
+from exfacegan.embedders.preprocess import to_unit_range
 
 
 def _rate(run: Callable[[], object], count: int, repeats: int, device: torch.device) -> float:
@@ -28,6 +32,29 @@ def _rate(run: Callable[[], object], count: int, repeats: int, device: torch.dev
     if device.type == "cuda":
         torch.cuda.synchronize()
     return count * repeats / (time.perf_counter() - start)
+
+
+def _onnx_rates(faces: torch.Tensor, threads: int, repeats: int, device: torch.device) -> None:
+    batch = faces.expand(64 if device.type == "cuda" else 8, -1, -1, -1).contiguous()
+    with tempfile.TemporaryDirectory() as folder:
+        path = f"{folder}/iresnet50.onnx"
+        torch.onnx.export(iresnet("iresnet50").eval(), torch.randn(1, 3, 112, 112), path, input_names=["data"],
+                          opset_version=11, dynamo=False, dynamic_axes={"data": {0: "batch"}})
+        embedder = load_onnx_embedder(path, device)
+        rate = _rate(lambda: embedder(batch), len(batch), repeats, device)
+        print(f"embed onnx iresnet50 (exfacegan), batch {len(batch)}: {rate:8.1f} img/s")
+        try:
+            import onnxruntime
+        except ImportError:
+            print("embed onnx iresnet50 (onnxruntime): not installed (pip install -e '.[dev]')")
+            return
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        providers = ["CUDAExecutionProvider"] if device.type == "cuda" else ["CPUExecutionProvider"]
+        session = onnxruntime.InferenceSession(path, options, providers=providers)
+        data = to_unit_range(batch).cpu().numpy()
+        rate = _rate(lambda: session.run(None, {"data": data}), len(batch), repeats, torch.device("cpu"))
+        print(f"embed onnx iresnet50 (onnxruntime {session.get_providers()[0]}), batch {len(batch)}: {rate:8.1f} img/s")
 
 
 def main() -> None:
@@ -58,6 +85,7 @@ def main() -> None:
         batch = faces.expand(64 if device.type == "cuda" else 8, -1, -1, -1).contiguous()
         rate = _rate(lambda: embedder(batch), len(batch), args.repeats, device)
         print(f"embed iresnet50 {precision}, batch {len(batch)}: {rate:8.1f} img/s")
+    _onnx_rates(faces, args.threads, args.repeats, device)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,11 @@
 """Official-layout network pickles, written here with pickle's reduce protocol the way NVIDIA's
 `torch_utils.persistence` writes them, loaded through the restricted unpickler."""
 
-import io
 import json
 import os
 import pickle
 import sys
 import types
-import urllib.error
 from collections import OrderedDict
 
 import numpy as np
@@ -15,7 +13,7 @@ import pytest
 import torch
 
 from exfacegan.errors import CheckpointError
-from exfacegan.gans import load_generator, registry
+from exfacegan.gans import load_generator
 from exfacegan.gans.pickles import PersistentRecord, detect_architecture, read_network_pickle
 from exfacegan.gans.stylegan2 import Generator
 
@@ -244,47 +242,3 @@ def test_read_network_pickle_returns_inert_records(tmp_path, official_names, gol
     assert isinstance(record, PersistentRecord) and record.class_name == "Generator"
     assert record.state["_init_kwargs"]["mapping_kwargs"].num_layers == config["mapping_kwargs"]["num_layers"]
     assert isinstance(record.state["_modules"]["synthesis"], PersistentRecord)
-
-
-# Registry
-
-
-def test_registry_offline_error_names_url_and_path(tmp_path, monkeypatch):
-    monkeypatch.setenv("EXFACEGAN_CACHE", str(tmp_path / "cache"))
-
-    def offline(*args, **kwargs):
-        raise urllib.error.URLError("network is unreachable")
-
-    monkeypatch.setattr(registry.urllib.request, "urlopen", offline)
-    expected = tmp_path / "cache" / "ffhq.pkl"
-    with pytest.raises(CheckpointError) as info:
-        load_generator("stylegan2-ada-ffhq-1024")
-    message = str(info.value)
-    assert registry.REGISTRY["stylegan2-ada-ffhq-1024"].url in message and str(expected) in message
-    assert "\n" not in message
-    assert not any(p.is_file() for p in (tmp_path / "cache").iterdir())
-
-
-class _FakeResponse(io.BytesIO):
-    headers = {"Content-Length": "11"}
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-def test_registry_download_is_recorded_and_verified(tmp_path, monkeypatch):
-    monkeypatch.setenv("EXFACEGAN_CACHE", str(tmp_path))
-    monkeypatch.setattr(registry.urllib.request, "urlopen", lambda url, timeout: _FakeResponse(b"hello world"))
-    path = registry.fetch("stylegan3-t-ffhq-1024")
-    assert path == tmp_path / "stylegan3-t-ffhq-1024x1024.pkl" and path.read_bytes() == b"hello world"
-    recorded = (tmp_path / "stylegan3-t-ffhq-1024x1024.pkl.sha256").read_text().split()[0]
-    assert recorded == registry.sha256_of(path)
-    assert registry.fetch("stylegan3-t-ffhq-1024") == path  # cached and verified
-    path.write_bytes(b"hello worle")
-    with pytest.raises(CheckpointError, match="SHA-256"):
-        registry.fetch("stylegan3-t-ffhq-1024")
-    with pytest.raises(CheckpointError, match="unknown checkpoint name"):
-        registry.fetch("stylegan7")

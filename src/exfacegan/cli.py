@@ -1,6 +1,7 @@
 """The `exfacegan` console script. Subcommands register themselves in `SUBCOMMANDS`.
 
-    exfacegan report <run_dir | image_folder> [--embedder dlib|iresnet50|iresnet100 --checkpoint PTH]
+    exfacegan report <run_dir | image_folder> [--embedder dlib|arcface_r50_webface600k|arcface_r100_glint360k
+                     | iresnet50|iresnet100 --checkpoint PTH | onnx --checkpoint ONNX]
                      [--out DIR] [--device cpu|cuda|cuda:N|auto] [--batch-size N] [--max-impostor-pairs N]
 
 For a run directory the embedder the run judged with (`analyze.judge`, else `embedder`, read from the
@@ -15,20 +16,27 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from exfacegan.errors import ConfigError, DataError, ExFaceGANError
+from exfacegan.weights import REGISTRY
 
 IRESNET_ARCHS = ("iresnet18", "iresnet34", "iresnet50", "iresnet100", "iresnet200")
-EMBEDDERS = ("dlib", *IRESNET_ARCHS)
+ONNX_NAMES = tuple(name for name, entry in REGISTRY.items() if entry.arch == "onnx")
+EMBEDDERS = ("dlib", *IRESNET_ARCHS, "onnx", *ONNX_NAMES)
 RUN_CONFIGS = ("config.yaml", ".hydra/config.yaml")
 
 
 def build_embedder(name: str, checkpoint: str | None, device: str):
-    """An embedder by name: dlib's descriptor, or an iresnet with weights from `checkpoint`."""
+    """An embedder by name: dlib's descriptor, an ONNX model of the weights registry, or an iresnet (a `.pth`)
+    or any ONNX face model (`onnx`) from `checkpoint`."""
     from exfacegan import embedders
 
     if name == "dlib":
         return embedders.DlibEmbedder()
+    if name in ONNX_NAMES:
+        return embedders.load_onnx_embedder(name, device)
     if checkpoint is None:
-        raise ConfigError(f"--embedder {name} needs --checkpoint /path/to/backbone.pth")
+        raise ConfigError(f"--embedder {name} needs --checkpoint /path/to/{'model.onnx' if name == 'onnx' else 'backbone.pth'}")
+    if name == "onnx":
+        return embedders.load_onnx_embedder(checkpoint, device)
     return embedders.load_iresnet_embedder(name, checkpoint, device)
 
 
@@ -110,7 +118,7 @@ def add_report_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("path", help="an exfacegan run directory, or an image folder <root>/<identity>/<images>")
     parser.add_argument("--embedder", choices=EMBEDDERS, default=None,
                         help="the judging FR model (default: the run's, else dlib)")
-    parser.add_argument("--checkpoint", default=None, help="iresnet backbone .pth (for --embedder iresnet*)")
+    parser.add_argument("--checkpoint", default=None, help="iresnet backbone .pth (--embedder iresnet*) or .onnx file (--embedder onnx)")
     parser.add_argument("--out", default=None, help="output folder (default: <run_dir>/report or ./<name>_report)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--batch-size", type=int, default=64)

@@ -22,12 +22,14 @@ from omegaconf.errors import OmegaConfBaseException
 
 from exfacegan.devices import resolve_device
 from exfacegan.errors import ConfigError, ExFaceGANError, did_you_mean
+from exfacegan.weights import preflight
 
 KNOWN_STAGES = ("sample", "label", "fit", "generate", "merge", "analyze")
 # What to give for the settings that configs leave mandatory (???).
 MISSING_HINTS = {
     "embedder.checkpoint": "the .pth state dict of an arcface_torch iresnet backbone",
     "gan.network.source": "an official checkpoint path or a registry name",
+    "embedder.path": "an ONNX face model file or a registry name",
 }
 # Typical encoded size of one 112x112 face, with headroom.
 BYTES_PER_IMAGE = {"png": 30_000, "jpg": 8_000}
@@ -177,6 +179,7 @@ def validate_config(cfg: DictConfig) -> None:
     resolve_device(cfg.device)
     if "generate" in cfg.stages:
         _check_disk_space(cfg, cfg.label.num_references or cfg.label.get("pool_size") or cfg.sample.num_samples)
+    preflight(cfg)
 
 
 def _value(cfg: DictConfig, key: str) -> Any:

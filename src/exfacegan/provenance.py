@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -13,16 +12,9 @@ from omegaconf import DictConfig, OmegaConf
 
 import exfacegan
 from exfacegan.data.artifacts import save_json
+from exfacegan.weights import REGISTRY, SOURCE_KEYS, sha256_of, weights_path
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def file_sha256(path: Path, block: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def git_revision() -> str | None:
@@ -34,15 +26,17 @@ def git_revision() -> str | None:
 
 
 def checkpoint_paths(cfg: DictConfig) -> dict[str, Path]:
-    """Local checkpoint files named anywhere in the config (`source`, `checkpoint`, `path` keys)."""
+    """Checkpoint files named anywhere in the config (`source`, `checkpoint`, `path` keys): local paths, and the
+    cached files of registry names."""
     found: dict[str, Path] = {}
 
     def walk(node: object, prefix: str) -> None:
         if isinstance(node, dict):
             for key, value in node.items():
                 name = f"{prefix}.{key}" if prefix else str(key)
-                if key in {"source", "checkpoint", "path"} and isinstance(value, str) and Path(value).is_file():
-                    found[name] = Path(value)
+                path = (weights_path(value) if value in REGISTRY else Path(value)) if isinstance(value, str) else None
+                if key in SOURCE_KEYS and path is not None and path.is_file():
+                    found[name] = path
                 else:
                     walk(value, name)
 
@@ -58,5 +52,5 @@ def write_provenance(path: Path, cfg: DictConfig) -> None:
         "cuda": torch.version.cuda,
         "command": sys.argv,
         "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "checkpoints": {name: {"path": str(p), "sha256": file_sha256(p)} for name, p in checkpoint_paths(cfg).items()},
+        "checkpoints": {name: {"path": str(p), "sha256": sha256_of(p)} for name, p in checkpoint_paths(cfg).items()},
     })

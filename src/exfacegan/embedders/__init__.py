@@ -8,6 +8,7 @@ from exfacegan.embedders.arcface import (
     read_state_dict,
 )
 from exfacegan.embedders.iresnet import ARCHITECTURES, IBasicBlock, IResNet, iresnet
+from exfacegan.embedders.onnx import OnnxEmbedder, load_onnx_embedder
 
 
 def __getattr__(name: str):
@@ -21,5 +22,5 @@ def __getattr__(name: str):
 
 __all__ = [
     "ARCHITECTURES", "DlibEmbedder", "IBasicBlock", "IResNet", "IResNetEmbedder", "iresnet", "load_iresnet_embedder",
-    "load_iresnet_state", "random_iresnet_embedder", "read_state_dict",
+    "load_iresnet_state", "load_onnx_embedder", "OnnxEmbedder", "random_iresnet_embedder", "read_state_dict",
 ]

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from exfacegan.errors import DataError
 
 
-def to_unit_range(images: torch.Tensor, size: int | None = None) -> torch.Tensor:
-    """uint8 0..255 -> (x - 127.5) / 127.5; floats are taken as already in [-1, 1]; resized to size x size."""
+def to_unit_range(images: torch.Tensor, size: int | tuple[int, int] | None = None) -> torch.Tensor:
+    """uint8 0..255 -> (x - 127.5) / 127.5; floats are taken as already in [-1, 1]; resized to size (H, W or both)."""
     if images.ndim != 4 or images.shape[1] != 3:
         raise DataError(f"embedders take RGB batches [N, 3, H, W], got shape {tuple(images.shape)}")
     if images.dtype == torch.uint8:
@@ -18,8 +18,9 @@ def to_unit_range(images: torch.Tensor, size: int | None = None) -> torch.Tensor
         images = images.float()
     else:
         raise DataError(f"embedders take uint8 or float images, got {images.dtype}")
-    if size is not None and images.shape[-2:] != (size, size):
-        images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    size = (size, size) if isinstance(size, int) else size
+    if size is not None and tuple(images.shape[-2:]) != tuple(size):
+        images = F.interpolate(images, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
     return images
 
 

@@ -2,7 +2,7 @@
 
 - `build_generator(arch, **init_kwargs)`: a module from the constructor arguments that
   official pickles store (`arch` in `ARCHITECTURES`).
-- `load_generator(source, device)`: a registry name (see `exfacegan.gans.registry`), the path
+- `load_generator(source, device)`: a registry name (see `exfacegan.weights`), the path
   of an official NVIDIA `.pkl` (read without executing its embedded code, see
   `exfacegan.gans.pickles`), or a GAN-Control model folder.
 - `random_generator(arch, seed, **init_kwargs)`: the same module with random weights drawn
@@ -42,11 +42,11 @@ def build_generator(arch: str, **init_kwargs: Any) -> nn.Module:
 def load_generator(source: str | Path, device: str | torch.device = "cpu", **options: Any) -> nn.Module:
     """Generator from a registry name, an official `.pkl` path or a GAN-Control folder
     (`options` go to `exfacegan.gans.gan_control.load_gan_control`)."""
-    from exfacegan.gans import registry
+    from exfacegan import weights
     from exfacegan.gans.pickles import load_generator_pickle
 
-    if isinstance(source, str) and source in registry.REGISTRY:
-        return load_generator_pickle(registry.fetch(source), device=device)
+    if isinstance(source, str) and source in weights.REGISTRY:
+        return load_generator_pickle(weights.fetch(source), device=device)
     path = Path(source).expanduser()
     if path.is_dir():
         from exfacegan.gans.gan_control import load_gan_control
@@ -55,7 +55,7 @@ def load_generator(source: str | Path, device: str | torch.device = "cpu", **opt
     if not path.is_file():
         raise CheckpointError(
             f"generator checkpoint {source} not found: give an official .pkl path, a GAN-Control folder, "
-            f"or a registry name ({', '.join(sorted(registry.REGISTRY))})"
+            f"or a registry name ({', '.join(sorted(weights.REGISTRY))})"
         )
     if options:
         raise ConfigError(f"options {sorted(options)} apply to GAN-Control folders only, not to {path}")

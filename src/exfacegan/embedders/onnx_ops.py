@@ -1,0 +1,156 @@
+"""The ONNX ops exfacegan's graph interpreter runs, as torch functions of (inputs..., **attributes).
+
+Semantics follow the ONNX operator specification (opsets 7-21) for inference; attributes that
+change results and are not implemented here are refused when the graph is loaded (`problem`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+# ONNX TensorProto data types -> torch
+DTYPES = {1: torch.float32, 2: torch.uint8, 3: torch.int8, 6: torch.int32, 7: torch.int64, 9: torch.bool,
+          10: torch.float16, 11: torch.float64, 16: torch.bfloat16}
+
+
+def _spatial_pads(pads: Sequence[int] | None, dims: int) -> tuple[list[int], list[int]]:
+    pads = list(pads or [0] * 2 * dims)
+    return pads[:dims], pads[dims:]
+
+
+def _torch_pad(begin: Sequence[int], end: Sequence[int]) -> list[int]:
+    """ONNX [x1_begin, x2_begin, ..., x1_end, x2_end] -> F.pad's order (last axis first)."""
+    return [p for b, e in reversed(list(zip(begin, end))) for p in (b, e)]
+
+
+def conv(x: Tensor, w: Tensor, b: Tensor | None = None, *, strides=None, pads=None, dilations=None, group=1,
+         auto_pad="NOTSET", kernel_shape=None) -> Tensor:
+    dims = w.ndim - 2
+    begin, end = _spatial_pads(pads, dims)
+    if begin != end:
+        x, begin = F.pad(x, _torch_pad(begin, end)), [0] * dims
+    function = (F.conv1d, F.conv2d, F.conv3d)[dims - 1]
+    return function(x, w.to(x.dtype), None if b is None else b.to(x.dtype), strides or 1, begin, dilations or 1, group)
+
+
+def max_pool(x: Tensor, *, kernel_shape, strides=None, pads=None, dilations=None, ceil_mode=0, auto_pad="NOTSET",
+             storage_order=0) -> Tensor:
+    dims = len(kernel_shape)
+    begin, end = _spatial_pads(pads, dims)
+    if begin != end:
+        x, begin = F.pad(x, _torch_pad(begin, end), value=-math.inf), [0] * dims
+    function = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[dims - 1]
+    return function(x, kernel_shape, strides or kernel_shape, begin, dilations or 1, bool(ceil_mode))
+
+
+def average_pool(x: Tensor, *, kernel_shape, strides=None, pads=None, ceil_mode=0, count_include_pad=0,
+                 auto_pad="NOTSET", dilations=None) -> Tensor:
+    dims = len(kernel_shape)
+    begin, _ = _spatial_pads(pads, dims)
+    function = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[dims - 1]
+    return function(x, kernel_shape, strides or kernel_shape, begin, bool(ceil_mode), bool(count_include_pad))
+
+
+def batch_norm(x: Tensor, scale: Tensor, bias: Tensor, mean: Tensor, var: Tensor, *, epsilon=1e-5, momentum=0.9,
+               training_mode=0, spatial=1) -> Tensor:
+    return F.batch_norm(x, mean, var, scale, bias, False, 0.0, epsilon)
+
+
+def gemm(a: Tensor, b: Tensor, c: Tensor | None = None, *, alpha=1.0, beta=1.0, transA=0, transB=0) -> Tensor:
+    out = alpha * ((a.T if transA else a) @ (b.T if transB else b))
+    return out if c is None else out + beta * c
+
+
+def flatten(x: Tensor, *, axis=1) -> Tensor:
+    axis = axis + x.ndim if axis < 0 else axis
+    return x.reshape(math.prod(x.shape[:axis]), -1)
+
+
+def reshape(x: Tensor, shape: Tensor, *, allowzero=0) -> Tensor:
+    target = [int(s) for s in shape.tolist()]
+    if not allowzero:
+        target = [x.shape[i] if s == 0 else s for i, s in enumerate(target)]
+    return x.reshape(target)
+
+
+def transpose(x: Tensor, *, perm=None) -> Tensor:
+    return x.permute(*(perm if perm is not None else reversed(range(x.ndim))))
+
+
+def divide(a: Tensor, b: Tensor) -> Tensor:
+    if not a.is_floating_point() and not b.is_floating_point():
+        return torch.div(a, b, rounding_mode="trunc")
+    return a / b
+
+
+def gather(x: Tensor, indices: Tensor, *, axis=0) -> Tensor:
+    axis %= x.ndim
+    flat = indices.reshape(-1).to(x.device) % x.shape[axis]
+    picked = x.index_select(axis, flat)
+    return picked.reshape((*x.shape[:axis], *indices.shape, *x.shape[axis + 1:]))
+
+
+def _axes(axes_input: Tensor | None, axes) -> list[int] | None:
+    return [int(a) for a in axes_input.tolist()] if axes_input is not None else axes
+
+
+def unsqueeze(x: Tensor, axes_input: Tensor | None = None, *, axes=None) -> Tensor:
+    rank = x.ndim + len(_axes(axes_input, axes))
+    for axis in sorted(a % rank for a in _axes(axes_input, axes)):
+        x = x.unsqueeze(axis)
+    return x
+
+
+def squeeze(x: Tensor, axes_input: Tensor | None = None, *, axes=None) -> Tensor:
+    chosen = _axes(axes_input, axes)
+    return x.squeeze() if chosen is None else x.squeeze(tuple(a % x.ndim for a in chosen))
+
+
+OPS: dict[str, Callable[..., Tensor]] = {
+    "Conv": conv,
+    "BatchNormalization": batch_norm,
+    "PRelu": lambda x, slope: torch.where(x >= 0, x, x * slope.to(x.dtype)),
+    "Relu": lambda x: F.relu(x),
+    "Sigmoid": lambda x: torch.sigmoid(x),
+    "Add": lambda a, b: a + b,
+    "Sub": lambda a, b: a - b,
+    "Neg": lambda x: -x,
+    "Mul": lambda a, b: a * b,
+    "Div": divide,
+    "MatMul": lambda a, b: torch.matmul(a, b.to(a.dtype)),
+    "Gemm": gemm,
+    "Identity": lambda x: x,
+    "Cast": lambda x, *, to, saturate=1: x.to(DTYPES[to]),
+    "Dropout": lambda x, *unused, **attrs: x,  # inference: the identity
+    "Flatten": flatten,
+    "Reshape": reshape,
+    "Transpose": transpose,
+    "Concat": lambda *xs, axis: torch.cat(xs, dim=axis),
+    "MaxPool": max_pool,
+    "AveragePool": average_pool,
+    "GlobalAveragePool": lambda x: x.mean(dim=tuple(range(2, x.ndim)), keepdim=True),
+    "Shape": lambda x, *, start=0, end=None: torch.tensor(x.shape[start:end], dtype=torch.int64),
+    "Gather": gather,
+    "Unsqueeze": unsqueeze,
+    "Squeeze": squeeze,
+}
+
+
+def problem(op: str, attrs: dict) -> str | None:
+    """Why a node with these attributes cannot be run here, or None."""
+    if attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        return f"{op} with auto_pad={attrs['auto_pad']}"
+    if op == "AveragePool":
+        begin, end = _spatial_pads(attrs.get("pads"), len(attrs["kernel_shape"]))
+        if begin != end or any(d != 1 for d in attrs.get("dilations") or ()):
+            return "AveragePool with asymmetric pads or dilations"
+    if op == "Cast" and attrs.get("to") not in DTYPES:
+        return f"Cast to ONNX type {attrs.get('to')}"
+    if op == "BatchNormalization" and attrs.get("training_mode"):
+        return "BatchNormalization in training mode"
+    return None
