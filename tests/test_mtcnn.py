@@ -1,7 +1,5 @@
 """MTCNN against facenet-pytorch 2.6.0's own detections (../shared/golden/mtcnn_*), and the aligners' inputs."""
 
-import math
-
 import numpy as np
 import pytest
 import torch

@@ -28,7 +28,7 @@ from exfacegan.align.mtcnn_nets import load_mtcnn_nets
 from exfacegan.align.mtcnn_ops import area_resample, crop_windows, integral_image, nms, regress, square
 from exfacegan.align.template import FACE_SIZE, align_to_template, scaled_template
 from exfacegan.errors import ConfigError
-from exfacegan.imaging import to_pixels, to_unit_range
+from exfacegan.imaging import check_batch, to_pixels, to_unit_range
 
 CHANNEL_ORDERS = ("rgb", "bgr")
 
@@ -87,16 +87,13 @@ class MTCNNDetector(nn.Module):
     def scales(self, height: int, width: int) -> list[float]:
         return pyramid_scales(height, width, self.min_face_size, self.factor)
 
-    def _proposals(self, table: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _proposals(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Stage 1: squared boxes [K, 4] and their image indices [K]."""
-        count, device = table.shape[0], table.device
-        whole = torch.zeros(count, dtype=torch.long, device=device)
-        images = torch.arange(count, device=device)
+        height, width = pixels.shape[-2:]
         candidates = []
         for scale in self.scales(height, width):
             size = (int(height * scale + 1), int(width * scale + 1))
-            resized = area_resample(table, images, whole, whole, whole + height, whole + width, size)
-            offsets, prob = self.nets.pnet(_normalise(resized))
+            offsets, prob = self.nets.pnet(_normalise(F.interpolate(pixels, size=size, mode="area")))
             index, y, x = (prob >= self.thresholds[0]).nonzero().unbind(1)
             cell = torch.stack([x, y], 1).float()
             boxes = torch.cat([((2 * cell + 1) / scale).floor(), ((2 * cell + 12) / scale).floor()], 1)
@@ -116,11 +113,11 @@ class MTCNNDetector(nn.Module):
     @torch.no_grad()
     def forward(self, pixels: torch.Tensor) -> Detections:
         """Every face in integer pixel images [N, 3, H, W] (channel order as given to the networks)."""
-        height, width = pixels.shape[-2:]
-        table = integral_image(pixels.to(self.device))
+        pixels = pixels.to(self.device)
+        table = integral_image(pixels)
         empty = Detections(torch.zeros(0, 4, device=self.device), torch.zeros(0, device=self.device),
                            torch.zeros(0, 5, 2, device=self.device), torch.zeros(0, dtype=torch.long, device=self.device))
-        boxes, index = self._proposals(table, height, width)
+        boxes, index = self._proposals(pixels.float())
         # Stage 2: RNet on the proposals.
         crops, nonempty = self._crops(table, boxes, index, 24)
         offsets, prob = self.nets.rnet(crops) if len(crops) else (crops.new_zeros(0, 4), crops.new_zeros(0))
@@ -179,14 +176,15 @@ class MTCNNAligner(nn.Module):
 
     def detect(self, images: torch.Tensor) -> Detections:
         """Every face in the batch, in input pixel coordinates."""
-        pixels = to_pixels(images)
-        height, width = pixels.shape[-2:]
-        if self.channel_order == "bgr":
-            pixels = pixels.flip(1)
-        if self.detect_size is None:
-            return self.detector(pixels)
+        check_batch(images)
+        height, width = images.shape[-2:]
         side = self.detect_size
-        found = self.detector(F.interpolate(pixels.float(), size=(side, side), mode="nearest"))
+        if side is not None:  # nearest neighbour only selects pixels: resizing first is the same, and cheaper
+            images = F.interpolate(images, size=(side, side), mode="nearest")
+        pixels = to_pixels(images)
+        found = self.detector(pixels.flip(1) if self.channel_order == "bgr" else pixels)
+        if side is None:
+            return found
         # Legacy nearest reads input pixel floor(j L / side) for output pixel j: on average j L / side - delta.
         scale = found.boxes.new_tensor([width / side, height / side])
         delta = found.boxes.new_tensor([(1 - math.gcd(width, side) / side) / 2, (1 - math.gcd(height, side) / side) / 2])
