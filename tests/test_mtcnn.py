@@ -92,6 +92,8 @@ def test_landmarks_of_the_largest_face_float_and_uint8_alike_and_no_face_found_f
     assert torch.equal(found_float, found) and torch.allclose(points_float, points, atol=1e-4)
     noface = aligners[20].landmarks(_batch(images["img_08"]))
     assert noface[1].tolist() == [False]
+    faces, small = aligners[60](_batch(images["img_02"][:50, :50]))  # smaller than min_face_size: no pyramid at all
+    assert small.tolist() == [False] and not faces.any()
 
 
 @needs_weights

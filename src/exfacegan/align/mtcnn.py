@@ -100,6 +100,8 @@ class MTCNNDetector(nn.Module):
             score, offset = prob[index, y, x], offsets[index, :, y, x]
             keep = nms(boxes, score, index, 0.5)
             candidates.append((boxes[keep], score[keep], offset[keep], index[keep]))
+        if not candidates:  # the image is smaller than min_face_size
+            return pixels.new_zeros(0, 4), torch.zeros(0, dtype=torch.long, device=pixels.device)
         boxes, score, offset, index = (torch.cat(parts) for parts in zip(*candidates))
         keep = nms(boxes, score, index, 0.7)
         return square(regress(boxes[keep], offset[keep], plus_one=False)), index[keep]
