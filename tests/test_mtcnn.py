@@ -14,7 +14,7 @@ from exfacegan.align import (
     estimate_similarity,
     template_points,
 )
-from exfacegan.align.mtcnn import pyramid_scales
+from exfacegan.align.mtcnn import Detections, check_mtcnn_settings, pyramid_scales
 from exfacegan.align.mtcnn_nets import mtcnn_weights_dir
 from exfacegan.align.mtcnn_ops import area_resample, integral_image, nms
 from exfacegan.errors import CheckpointError, ConfigError
@@ -144,6 +144,9 @@ def test_settings_are_refused_before_weights_load_and_missing_weights_say_how_to
             MTCNNAligner(**bad, weights=tmp_path)
     with pytest.raises(CheckpointError, match=r"pnet.pt, rnet.pt, onet.pt missing .*pip install --no-deps facenet-pytorch==2.6.0"):
         MTCNNAligner(weights=tmp_path)
+    with pytest.raises(CheckpointError, match="pip install --no-deps facenet-pytorch==2.6.0"):
+        check_mtcnn_settings(weights=tmp_path / "absent")  # what a config check calls: nothing loads
+    assert check_mtcnn_settings() == mtcnn_weights_dir()
     (tmp_path / "pnet.pt").write_bytes(b"not a state dict")
     (tmp_path / "rnet.pt").write_bytes(b"")
     (tmp_path / "onet.pt").write_bytes(b"")
@@ -219,12 +222,12 @@ def test_every_aligner_gives_the_same_faces_for_uint8_and_for_float_images():
 
 @needs_weights
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_detections_equal_the_cpu_ones(golden, aligners):
+def test_on_cuda_a_batch_finds_what_the_reference_finds(golden):
     images, reference = golden
     aligner = MTCNNAligner(min_face_size=20).cuda()
     indices = reference["batch4_image_indices"]
     found = aligner.detect(_batch(*(images[f"img_{i:02d}"] for i in indices)).cuda())
     assert found.boxes.is_cuda
+    found = Detections(*(part.cpu() for part in (found.boxes, found.probs, found.points, found.image)))
     for item in range(len(indices)):
-        part = type(found)(*(t.cpu() for t in (found.boxes, found.probs, found.points, found.image))).select(found.image.cpu() == item)
-        _assert_matches(part, reference, f"batch4_minface20_item{item}")
+        _assert_matches(found.select(found.image == item), reference, f"batch4_minface20_item{item}")

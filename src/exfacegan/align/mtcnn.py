@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from exfacegan.align.mtcnn_nets import load_mtcnn_nets
+from exfacegan.align.mtcnn_nets import load_mtcnn_nets, mtcnn_weights_dir
 from exfacegan.align.mtcnn_ops import area_resample, crop_windows, integral_image, nms, regress, square
-from exfacegan.align.template import FACE_SIZE, align_to_template, scaled_template
+from exfacegan.align.template import FACE_SIZE, align_to_template, scaled_template, template_points
 from exfacegan.errors import ConfigError
 from exfacegan.imaging import check_batch, to_pixels, to_unit_range
 
@@ -42,6 +42,38 @@ def pyramid_scales(height: int, width: int, min_face_size: float, factor: float)
         scales.append(scale)
         scale, length = scale * factor, length * factor
     return scales
+
+
+def _check_cascade(min_face_size: float, thresholds: tuple[float, float, float], factor: float) -> None:
+    if not min_face_size > 0:
+        raise ConfigError(f"MTCNN min_face_size must be > 0, got {min_face_size}")
+    if len(thresholds) != 3 or not all(0 <= t <= 1 for t in thresholds):
+        raise ConfigError(f"MTCNN thresholds must be three probabilities (P-, R-, O-Net), got {list(thresholds)}")
+    if not 0 < factor < 1:
+        raise ConfigError(f"MTCNN factor (pyramid scale step) must be in (0, 1), got {factor}")
+
+
+def check_mtcnn_settings(
+    min_face_size: float = 60.0,
+    thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
+    factor: float = 0.709,
+    detect_size: int | None = None,
+    channel_order: str = "rgb",
+    template: str = "arcface",
+    size: int = FACE_SIZE,
+    weights: str | Path | None = None,
+) -> Path:
+    """MTCNNAligner's settings refused in one line (ConfigError), and its weights looked up (CheckpointError),
+    loading nothing: callable on a config node before any network loads. Returns the weights folder."""
+    _check_cascade(min_face_size, thresholds, factor)
+    if detect_size is not None and detect_size < 12:
+        raise ConfigError(f"MTCNN detect_size must be null or >= 12 pixels, got {detect_size}")
+    if channel_order not in CHANNEL_ORDERS:
+        raise ConfigError(f"MTCNN channel_order must be one of {CHANNEL_ORDERS}, got {channel_order!r}")
+    if size < 1:
+        raise ConfigError(f"aligned face size must be >= 1, got {size}")
+    template_points(template)
+    return mtcnn_weights_dir(weights)
 
 
 @dataclass
@@ -71,12 +103,7 @@ class MTCNNDetector(nn.Module):
     def __init__(self, min_face_size: float = 20.0, thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
                  factor: float = 0.709, weights: str | Path | None = None) -> None:
         super().__init__()
-        if not min_face_size > 0:
-            raise ConfigError(f"MTCNN min_face_size must be > 0, got {min_face_size}")
-        if len(thresholds) != 3 or not all(0 <= t <= 1 for t in thresholds):
-            raise ConfigError(f"MTCNN thresholds must be three probabilities (P-, R-, O-Net), got {list(thresholds)}")
-        if not 0 < factor < 1:
-            raise ConfigError(f"MTCNN factor (pyramid scale step) must be in (0, 1), got {factor}")
+        _check_cascade(min_face_size, thresholds, factor)
         self.min_face_size, self.thresholds, self.factor = float(min_face_size), tuple(map(float, thresholds)), float(factor)
         self.nets = load_mtcnn_nets(weights)
 
@@ -166,12 +193,7 @@ class MTCNNAligner(nn.Module):
         weights: str | Path | None = None,
     ) -> None:
         super().__init__()
-        if detect_size is not None and detect_size < 12:
-            raise ConfigError(f"MTCNN detect_size must be null or >= 12 pixels, got {detect_size}")
-        if channel_order not in CHANNEL_ORDERS:
-            raise ConfigError(f"MTCNN channel_order must be one of {CHANNEL_ORDERS}, got {channel_order!r}")
-        if size < 1:
-            raise ConfigError(f"aligned face size must be >= 1, got {size}")
+        check_mtcnn_settings(min_face_size, thresholds, factor, detect_size, channel_order, template, size, weights)
         self.detect_size, self.channel_order, self.size = detect_size, channel_order, int(size)
         self.register_buffer("target", scaled_template(template, self.size), persistent=False)
         self.detector = MTCNNDetector(min_face_size, tuple(thresholds), factor, weights)
