@@ -144,8 +144,6 @@ class MTCNNDetector(nn.Module):
         """Every face in integer pixel images [N, 3, H, W] (channel order as given to the networks)."""
         pixels = pixels.to(self.device)
         table = integral_image(pixels)
-        empty = Detections(torch.zeros(0, 4, device=self.device), torch.zeros(0, device=self.device),
-                           torch.zeros(0, 5, 2, device=self.device), torch.zeros(0, dtype=torch.long, device=self.device))
         boxes, index = self._proposals(pixels.float())
         # Stage 2: RNet on the proposals.
         crops, nonempty = self._crops(table, boxes, index, 24)
@@ -156,9 +154,7 @@ class MTCNNDetector(nn.Module):
         boxes, index = square(regress(boxes[keep], offsets[keep], plus_one=True)), index[keep]
         # Stage 3: ONet, landmarks, last regression, NMS on the smaller box's area.
         crops, nonempty = self._crops(table, boxes, index, 48)
-        if not len(crops):
-            return empty
-        offsets, marks, prob = self.nets.onet(crops)
+        offsets, marks, prob = self.nets.onet(crops) if len(crops) else (crops.new_zeros(0, 4), crops.new_zeros(0, 10), crops.new_zeros(0))
         passed = prob > self.thresholds[2]
         boxes, index, prob, offsets, marks = boxes[nonempty][passed], index[nonempty][passed], prob[passed], offsets[passed], marks[passed]
         size = (boxes[:, 2:] - boxes[:, :2] + 1)[:, None, :]
