@@ -146,7 +146,11 @@ def test_settings_are_refused_before_weights_load_and_missing_weights_say_how_to
         MTCNNAligner(weights=tmp_path)
     with pytest.raises(CheckpointError, match="pip install --no-deps facenet-pytorch==2.6.0"):
         check_mtcnn_settings(weights=tmp_path / "absent")  # what a config check calls: nothing loads
-    assert check_mtcnn_settings() == mtcnn_weights_dir()
+    with pytest.raises(ConfigError, match="detect_sise"):
+        check_mtcnn_settings(detect_sise=150)
+    with pytest.raises(ConfigError, match="channel_order"):
+        check_mtcnn_settings(channel_order="rbg", weights=tmp_path / "absent")
+    assert check_mtcnn_settings(min_face_size=60, detect_size=150) == mtcnn_weights_dir()
     (tmp_path / "pnet.pt").write_bytes(b"not a state dict")
     (tmp_path / "rnet.pt").write_bytes(b"")
     (tmp_path / "onet.pt").write_bytes(b"")

@@ -16,9 +16,11 @@ as zeros with found=False.
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -53,18 +55,7 @@ def _check_cascade(min_face_size: float, thresholds: tuple[float, float, float],
         raise ConfigError(f"MTCNN factor (pyramid scale step) must be in (0, 1), got {factor}")
 
 
-def check_mtcnn_settings(
-    min_face_size: float = 60.0,
-    thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
-    factor: float = 0.709,
-    detect_size: int | None = None,
-    channel_order: str = "rgb",
-    template: str = "arcface",
-    size: int = FACE_SIZE,
-    weights: str | Path | None = None,
-) -> Path:
-    """MTCNNAligner's settings refused in one line (ConfigError), and its weights looked up (CheckpointError),
-    loading nothing: callable on a config node before any network loads. Returns the weights folder."""
+def _check_settings(min_face_size, thresholds, factor, detect_size, channel_order, template, size, weights) -> Path:
     _check_cascade(min_face_size, thresholds, factor)
     if detect_size is not None and detect_size < 12:
         raise ConfigError(f"MTCNN detect_size must be null or >= 12 pixels, got {detect_size}")
@@ -189,7 +180,7 @@ class MTCNNAligner(nn.Module):
         weights: str | Path | None = None,
     ) -> None:
         super().__init__()
-        check_mtcnn_settings(min_face_size, thresholds, factor, detect_size, channel_order, template, size, weights)
+        _check_settings(min_face_size, thresholds, factor, detect_size, channel_order, template, size, weights)
         self.detect_size, self.channel_order, self.size = detect_size, channel_order, int(size)
         self.register_buffer("target", scaled_template(template, self.size), persistent=False)
         self.detector = MTCNNDetector(min_face_size, tuple(thresholds), factor, weights)
@@ -227,3 +218,15 @@ class MTCNNAligner(nn.Module):
         images = to_unit_range(images)
         points, found = self.landmarks(images)
         return align_to_template(images, points, found, self.target, self.size), found
+
+
+def check_mtcnn_settings(**settings: Any) -> Path:
+    """MTCNNAligner's keyword arguments (e.g. an `align` config node without `_target_`) refused in one
+    line (ConfigError) and its weights looked up (CheckpointError), loading nothing: for a config check
+    before any network loads. Returns the weights folder."""
+    try:
+        bound = inspect.signature(MTCNNAligner).bind(**settings)
+    except TypeError as error:
+        raise ConfigError(f"MTCNN aligner: {error}") from None
+    bound.apply_defaults()
+    return _check_settings(**bound.arguments)
