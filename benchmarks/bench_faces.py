@@ -1,10 +1,11 @@
-"""Throughput of the face side: aligners (FFHQ template, dlib) and embedders (iresnet50, its ONNX export, dlib).
+"""Throughput of the face side: aligners (FFHQ template, dlib, MTCNN) and embedders (iresnet50, its ONNX
+export, dlib).
 
     python benchmarks/bench_faces.py [--device cpu|cuda] [--threads 2] [--repeats 3]
 
-Prints images per second for each part; weights are random (speed does not depend on them). The ONNX
-embedder runs an iresnet50 exported as insightface's torch2onnx.py exports it, next to onnxruntime on the
-same file (when installed: the dev extra).
+Prints images per second for each part; the embedders' weights are random (speed does not depend on them);
+MTCNN needs its weights (pip install --no-deps facenet-pytorch==2.6.0). The ONNX embedder runs an iresnet50
+exported as insightface's torch2onnx.py exports it, next to onnxruntime on the same file (the dev extra).
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from exfacegan.align import DlibAligner, FFHQTemplateAligner
+from exfacegan.align import DlibAligner, FFHQTemplateAligner, MTCNNAligner
 from exfacegan.embedders import DlibEmbedder, IResNetEmbedder, iresnet, load_onnx_embedder
-from exfacegan.embedders.preprocess import to_unit_range
+from exfacegan.imaging import to_unit_range
 
 
 def _rate(run: Callable[[], object], count: int, repeats: int, device: torch.device) -> float:
@@ -57,6 +58,12 @@ def _onnx_rates(faces: torch.Tensor, threads: int, repeats: int, device: torch.d
         print(f"embed onnx iresnet50 (onnxruntime {session.get_providers()[0]}), batch {len(batch)}: {rate:8.1f} img/s")
 
 
+def _align_line(name: str, aligner: torch.nn.Module, batch: torch.Tensor, repeats: int, device: torch.device) -> str:
+    rate = _rate(lambda: aligner(batch), len(batch), repeats, device)
+    found = int(aligner(batch)[1].sum())
+    return f"align {name}, {len(batch)} x 1024^2: {rate:8.2f} img/s ({found}/{len(batch)} faces found)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -67,16 +74,17 @@ def main() -> None:
     device = torch.device(args.device)
     from skimage.data import astronaut
 
-    photo = torch.from_numpy(astronaut()).permute(2, 0, 1)[None].float() / 127.5 - 1
+    # FFHQ-like framing: the face fills about half of a 1024 image, as in a StyleGAN FFHQ output.
+    photo = torch.from_numpy(astronaut()[19:219, 124:324]).permute(2, 0, 1)[None].float() / 127.5 - 1
     photos = F.interpolate(photo, size=(1024, 1024), mode="bilinear").expand(8, -1, -1, -1).contiguous().to(device)
     ffhq = FFHQTemplateAligner().to(device)
     print(f"device {device}, {args.threads} threads")
     print(f"align ffhq_template, 8 x 1024^2: {_rate(lambda: ffhq(photos), 8, args.repeats, device):8.1f} img/s")
     for detect_size in (320, None):
-        dlib_aligner = DlibAligner(detect_size=detect_size).to(device)
-        rate = _rate(lambda: dlib_aligner(photos[:2]), 2, 1, device)
-        found = int(dlib_aligner(photos[:2])[1].sum())
-        print(f"align dlib (hog, detect_size={detect_size}), 1024^2: {rate:8.2f} img/s ({found}/2 faces found)")
+        print(_align_line(f"dlib (hog, detect_size={detect_size})", DlibAligner(detect_size=detect_size), photos[:2], 1, device))
+    for detect_size, count in ((150, 8), (None, 2)):
+        mtcnn = MTCNNAligner(detect_size=detect_size).to(device)
+        print(_align_line(f"mtcnn (min face 60, detect_size={detect_size})", mtcnn, photos[:count], args.repeats, device))
     faces, _ = DlibAligner(detect_size=320)(photos)
     dlib_embedder = DlibEmbedder()
     print(f"embed dlib, 8 faces: {_rate(lambda: dlib_embedder(faces), 8, 1, device):8.1f} img/s")

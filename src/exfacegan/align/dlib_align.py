@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from exfacegan.align.template import FACE_SIZE, estimate_similarity, template_points, warp_faces
-from exfacegan.embedders.preprocess import to_uint8_hwc
-from exfacegan.errors import CheckpointError, ConfigError, DataError
+from exfacegan.align.template import FACE_SIZE, align_to_template, estimate_similarity, scaled_template
+from exfacegan.errors import CheckpointError, ConfigError
+from exfacegan.imaging import to_uint8_hwc, to_unit_range
 
 DETECTORS = ("hog", "cnn")
 
@@ -71,8 +71,7 @@ class DlibAligner(nn.Module):
             raise ConfigError(f"unknown dlib detector {detector!r}; choose one of {DETECTORS}")
         self.detector_name, self.upsample, self.min_score = detector, int(upsample), float(min_score)
         self.min_face_size, self.detect_size, self.size = float(min_face_size), detect_size, int(size)
-        target = template_points(template)
-        self.register_buffer("target", ((target + 0.5) * (size / FACE_SIZE) - 0.5).float(), persistent=False)
+        self.register_buffer("target", scaled_template(template, self.size), persistent=False)
         if detector == "hog":
             self._detector = dlib.get_frontal_face_detector()
         else:
@@ -88,14 +87,13 @@ class DlibAligner(nn.Module):
 
     def landmarks(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Five points [N, 5, 2] (input pixel coordinates, float64; zeros where none) and found [N]."""
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise DataError(f"aligners take image batches [N, 3, H, W], got shape {tuple(images.shape)}")
+        images = to_unit_range(images)
         height, width = images.shape[-2:]
         scale = 1.0
         if self.detect_size is not None and max(height, width) > self.detect_size:
             scale = self.detect_size / max(height, width)
             small = (round(height * scale), round(width * scale))
-            images = F.interpolate(images.float(), size=small, mode="bilinear", antialias=True, align_corners=False)
+            images = F.interpolate(images, size=small, mode="bilinear", antialias=True, align_corners=False)
         pixels = to_uint8_hwc(images).numpy()
         points = np.zeros((len(pixels), 5, 2))
         found = np.zeros(len(pixels), dtype=bool)
@@ -115,9 +113,6 @@ class DlibAligner(nn.Module):
         return estimate_similarity(points, self.target.double().cpu()).float()
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        images = to_unit_range(images)
         points, found = self.landmarks(images)
-        faces = images.new_zeros(len(images), 3, self.size, self.size, dtype=torch.float32)
-        found = found.to(images.device)
-        if found.any():
-            faces[found] = warp_faces(images[found].float(), self.matrices(points[found.cpu()]), self.size)
-        return faces, found
+        return align_to_template(images, points, found, self.target, self.size), found.to(images.device)

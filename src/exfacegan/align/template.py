@@ -12,6 +12,7 @@ from kornia.geometry.transform import warp_affine
 from torch import nn
 
 from exfacegan.errors import ConfigError, DataError
+from exfacegan.imaging import to_unit_range
 
 FACE_SIZE = 112
 
@@ -80,6 +81,23 @@ def warp_faces(images: torch.Tensor, matrices: torch.Tensor, size: int = FACE_SI
     return warp_affine(images, matrices, dsize=(size, size), mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
+def scaled_template(template: str = "arcface", size: int = FACE_SIZE) -> torch.Tensor:
+    """The template points [5, 2] (float32) of a size x size face (pixel centres scaled with the face)."""
+    return ((template_points(template) + 0.5) * (size / FACE_SIZE) - 0.5).float()
+
+
+def align_to_template(images: torch.Tensor, points: torch.Tensor, found: torch.Tensor, target: torch.Tensor,
+                      size: int = FACE_SIZE) -> torch.Tensor:
+    """Faces [N, 3, size, size] from [-1, 1] images [N, 3, H, W]: those with found [N] warped by the
+    similarity transform from their five points [N, 5, 2] to `target` [5, 2]; the others zeros."""
+    faces = images.new_zeros(len(images), 3, size, size, dtype=torch.float32)
+    found = found.to(images.device)
+    if found.any():
+        matrices = estimate_similarity(points[found.to(points.device)].double().cpu(), target.double().cpu()).float()
+        faces[found] = warp_faces(images[found].float(), matrices, size)
+    return faces
+
+
 def ffhq_crop_points(points: torch.Tensor) -> torch.Tensor:
     """Where five face points [..., 5, 2] land in an FFHQ-aligned image, in [0, 1] image units.
 
@@ -114,11 +132,6 @@ def ffhq_to_template(resolution: int, template: str = "arcface", size: int = FAC
     return estimate_similarity(in_ffhq, target)[0]
 
 
-def _check_images(images: torch.Tensor) -> None:
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise DataError(f"aligners take image batches [N, 3, H, W], got shape {tuple(images.shape)}")
-
-
 class FFHQTemplateAligner(nn.Module):
     """Aligns FFHQ-aligned images (StyleGAN FFHQ outputs) to the 112x112 template by one fixed transform.
 
@@ -135,12 +148,12 @@ class FFHQTemplateAligner(nn.Module):
         return ffhq_to_template(resolution, self.template, self.size).float()
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        _check_images(images)
+        images = to_unit_range(images)
         height, width = images.shape[-2:]
         if height != width:
             raise DataError(f"FFHQ-aligned images are square, got {height}x{width}; use align=dlib for other images")
         matrices = self.matrix(height).to(images.device).expand(len(images), 2, 3)
-        faces = warp_faces(images.float(), matrices, self.size)
+        faces = warp_faces(images, matrices, self.size)
         return faces, torch.ones(len(images), dtype=torch.bool, device=images.device)
 
 
@@ -152,8 +165,7 @@ class ResizeAligner(nn.Module):
         self.size = int(size)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        _check_images(images)
-        faces = images.float()
+        faces = to_unit_range(images)
         if faces.shape[-2:] != (self.size, self.size):
             faces = F.interpolate(faces, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
         return faces, torch.ones(len(images), dtype=torch.bool, device=images.device)

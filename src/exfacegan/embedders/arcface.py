@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from exfacegan.embedders.iresnet import IResNet, iresnet
-from exfacegan.embedders.preprocess import to_unit_range
 from exfacegan.errors import CheckpointError, ConfigError
+from exfacegan.imaging import to_unit_range
 
 INPUT_SIZE = 112
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

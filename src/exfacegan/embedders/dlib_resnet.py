@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from exfacegan.align.dlib_align import dlib_model_path
-from exfacegan.embedders.preprocess import to_uint8_hwc, to_unit_range
 from exfacegan.errors import ConfigError
+from exfacegan.imaging import to_uint8_hwc
 
 # About where dlib's frontal face detector boxes a face aligned to the 112x112 ArcFace template
 # (left, top, right, bottom): detections mapped into the template; it only seeds the landmark search.
@@ -45,7 +45,7 @@ class DlibEmbedder(nn.Module):
 
     def chips(self, images: torch.Tensor) -> np.ndarray:
         """dlib's 150x150 face chips, uint8 [N, 150, 150, 3], of aligned faces."""
-        pixels = to_uint8_hwc(to_unit_range(images)).numpy()
+        pixels = to_uint8_hwc(images).numpy()
         height, width = pixels.shape[1:3]
         left, top, right, bottom = TEMPLATE_FACE_BOX
         sx, sy = width / 112, height / 112

@@ -18,7 +18,7 @@ from torch import nn
 
 from exfacegan.embedders.arcface import PRECISIONS
 from exfacegan.embedders.onnx_ops import OPS, problem
-from exfacegan.embedders.preprocess import to_unit_range
+from exfacegan.imaging import to_unit_range
 from exfacegan.errors import CheckpointError, ConfigError
 
 Node = tuple[str, list[str], list[str], dict]
