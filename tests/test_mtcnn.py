@@ -243,3 +243,35 @@ def test_on_cuda_a_batch_finds_what_the_reference_finds(golden):
     found = Detections(*(part.cpu() for part in (found.boxes, found.probs, found.points, found.image)))
     for item in range(len(indices)):
         _assert_matches(found.select(found.image == item), reference, f"batch4_minface20_item{item}")
+
+
+def test_without_facenet_pytorch_installed_the_weights_come_from_its_wheel_through_the_registry(tmp_path, monkeypatch):
+    import dataclasses
+    import importlib.metadata
+    import zipfile
+
+    from exfacegan import weights
+    from exfacegan.align import mtcnn_nets
+
+    installed = mtcnn_weights_dir()  # the installed distribution's data folder (make install puts it there)
+    wheel = tmp_path / "facenet_pytorch-2.6.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for name in ("pnet", "rnet", "onet"):
+            archive.write(installed / f"{name}.pt", f"facenet_pytorch/data/{name}.pt")
+    for name in ("pnet", "rnet", "onet"):  # the published member hashes stay; only the archive is local
+        entry = weights.REGISTRY[f"mtcnn-{name}"]
+        monkeypatch.setitem(weights.REGISTRY, f"mtcnn-{name}", dataclasses.replace(
+            entry, url=wheel.as_uri(), sha256=weights.sha256_of(wheel)))
+
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(mtcnn_nets.importlib.metadata, "distribution", not_installed)
+    monkeypatch.setenv("EXFACEGAN_CACHE", str(tmp_path / "cache"))
+    folder = mtcnn_weights_dir()
+    assert folder.is_relative_to(tmp_path / "cache")
+    for name in ("pnet", "rnet", "onet"):
+        assert weights.sha256_of(folder / f"{name}.pt") == weights.REGISTRY[f"mtcnn-{name}"].member_sha256
+    nets = mtcnn_nets.load_mtcnn_nets()
+    reference = torch.load(installed / "onet.pt", weights_only=True)
+    assert all(torch.equal(nets["onet"].state_dict()[k], v) for k, v in reference.items())

@@ -231,6 +231,11 @@ def _check_option_objects(cfg: DictConfig) -> None:
     OffsetSpec(**_typed_options(OffsetSpec, _value(cfg, "sampling"), "sampling"))
     Truncation(**_typed_options(Truncation, _value(cfg, "gan.truncation"), "gan.truncation"))
     GenerateSpec.from_config(cfg)
+    align = _value(cfg, "align")
+    if str(align.pop("_target_", "")).endswith("MTCNNAligner"):
+        from exfacegan.align.mtcnn import check_mtcnn_settings
+
+        check_mtcnn_settings(**align)
 
 
 def _check_relations(cfg: DictConfig) -> None:

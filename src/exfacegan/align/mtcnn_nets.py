@@ -92,7 +92,8 @@ class ONet(_DenseHead):
 
 def mtcnn_weights_dir(weights: str | Path | None = None) -> Path:
     """The folder holding pnet.pt, rnet.pt and onet.pt: `weights` if given, else the installed
-    facenet-pytorch distribution's data folder (found from its metadata; the package is never imported)."""
+    facenet-pytorch distribution's data folder (found from its metadata; the package is never imported),
+    else the three files fetched once from the facenet-pytorch wheel through the weights registry."""
     if weights is not None:
         folder = Path(weights).expanduser()
         where = str(folder)
@@ -100,12 +101,17 @@ def mtcnn_weights_dir(weights: str | Path | None = None) -> Path:
         try:
             folder = Path(importlib.metadata.distribution("facenet-pytorch").locate_file("facenet_pytorch/data"))
         except importlib.metadata.PackageNotFoundError:
-            raise CheckpointError(f"MTCNN weights not found: facenet-pytorch is not installed; {GET_WEIGHTS}, "
-                                  "or set align.weights to a folder with pnet.pt, rnet.pt and onet.pt") from None
-        where = f"the facenet-pytorch installation ({folder})"
+            from exfacegan.weights import fetch
+
+            folders = {fetch(f"mtcnn-{name}").parent for name in WEIGHT_FILES}
+            if len(folders) != 1:
+                raise CheckpointError(f"MTCNN weights were fetched into several folders: {sorted(folders)}") from None
+            folder = folders.pop()
+        where = f"{folder}"
     missing = [name for name in WEIGHT_FILES.values() if not (folder / name).is_file()]
     if missing:
-        raise CheckpointError(f"MTCNN weights {', '.join(missing)} missing in {where}; {GET_WEIGHTS}")
+        raise CheckpointError(f"MTCNN weights {', '.join(missing)} missing in {where}; {GET_WEIGHTS}, "
+                              "or set align.weights to a folder with pnet.pt, rnet.pt and onet.pt")
     return folder
 
 
