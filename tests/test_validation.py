@@ -118,6 +118,15 @@ CASES = {
     "dataset.image_format=gif": "dataset.image_format",
     "dataset.jpeg_quality=0": "dataset.jpeg_quality",
     "logger=wandb logger.mode=live": "logger.mode",
+    # embedders and aligners added with the paper's aligner and the ONNX models
+    "embedder=onnx embedder.path=arcface_r50_webface600k embedder.std=0": "embedder.std must be a number or three",
+    "embedder=onnx embedder.path=arcface_r50_webface600k embedder.mean=[1,2]": "embedder.mean must be a number or three",
+    "embedder=onnx embedder.path=/no/such/model.onnx": "embedder.network.path=/no/such/model.onnx does not exist",
+    "align=mtcnn align.thresholds=[0.6,0.7]": "MTCNN thresholds must be three probabilities",
+    "align=mtcnn align.weights=/no/such/folder": "MTCNN weights pnet.pt, rnet.pt, onet.pt missing in /no/such/folder",
+    "sampling.on_no_face=skip": "sampling.on_no_face",
+    "label.pool_size=1": "label.pool_size",
+    "label.num_references=20 label.pool_size=10": "label.num_references=20 is more than label.pool_size=10",
 }
 
 HYDRA_CASES = {

@@ -50,6 +50,15 @@ def _precision(value: str) -> None:
     autocast_dtype(value)
 
 
+def _channels(name: str) -> Callable[[Any], None]:
+    def check(value: Any) -> None:
+        from exfacegan.embedders.onnx import channel_values
+
+        channel_values(value, name)
+
+    return check
+
+
 def _jobs(value: int) -> None:
     if value == 0 or value < -1:
         raise ConfigError(f"must be -1 (all cores) or a number of processes >= 1, got {value}")
@@ -109,7 +118,8 @@ COUNT, SEED = Setting(int, low=1), Setting(int, low=0, high=MAX_SEED)
 FLAG, TEXT = Setting(bool), Setting(str)
 PRECISION = Setting(str, check=_precision)
 EMBEDDER = {"batch_size": COUNT, "precision": PRECISION, "network.num_jitters": Setting(int, low=0),
-            "network.padding": Setting(float, low=0)}
+            "network.padding": Setting(float, low=0), "path": TEXT, "checkpoint": TEXT,
+            "mean": Setting(object, check=_channels("mean")), "std": Setting(object, check=_channels("std"))}
 # Every setting that no option object below checks. Keys a group option lacks are skipped.
 SETTINGS: dict[str, Setting] = {
     "run_dir": Setting(str, null=True),
@@ -198,7 +208,7 @@ def _check(key: str, setting: Setting, value: Any) -> None:
         try:
             setting.check(value)
         except ExFaceGANError as error:
-            raise ConfigError(f"{key}: {error}") from None
+            raise ConfigError(str(error) if str(error).startswith(key) else f"{key}: {error}") from None
 
 
 def _check_stages(stages: Any) -> None:

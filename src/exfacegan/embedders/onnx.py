@@ -124,8 +124,8 @@ class OnnxEmbedder(nn.Module):
         self.input_size = tuple(input_size)
         self.precision = precision
         self.embedding_dim = embedding_dim
-        self.register_buffer("mean", _per_channel(mean, "mean"))
-        self.register_buffer("std", _per_channel(std, "std"))
+        self.register_buffer("mean", channel_values(mean, "mean"))
+        self.register_buffer("std", channel_values(std, "std"))
 
     def train(self, mode: bool = True) -> OnnxEmbedder:
         return super().train(False)
@@ -140,11 +140,13 @@ class OnnxEmbedder(nn.Module):
         return embeddings.clone()
 
 
-def _per_channel(value: float | Sequence[float], name: str) -> torch.Tensor:
-    values = [float(v) for v in value] if isinstance(value, Sequence) else [float(value)]
-    if len(values) not in (1, 3) or (name == "std" and min(values) <= 0):
+def channel_values(value: float | Sequence[float], name: str) -> torch.Tensor:
+    """`embedder.mean`/`std` as a [1, C, 1, 1] tensor: one number, or three (RGB); std > 0."""
+    values = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value]
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in values)
+    if not numbers or len(values) not in (1, 3) or (name == "std" and min(values) <= 0):
         raise ConfigError(f"embedder.{name} must be a number or three numbers (RGB){', all > 0' * (name == 'std')}, got {value}")
-    return torch.tensor(values, dtype=torch.float32).reshape(1, -1, 1, 1)
+    return torch.tensor([float(v) for v in values], dtype=torch.float32).reshape(1, -1, 1, 1)
 
 
 def resolve_model_file(path: str | Path) -> Path:
@@ -178,8 +180,8 @@ def load_onnx_embedder(
 
     if precision not in PRECISIONS:  # the settings are checked before the file is fetched or read
         raise ConfigError(f"unknown embedder precision {precision!r}; choose one of {sorted(PRECISIONS)}")
-    _per_channel(mean, "mean")
-    _per_channel(std, "std")
+    channel_values(mean, "mean")
+    channel_values(std, "std")
     file = resolve_model_file(path)
     try:
         model = onnx.load(str(file))
