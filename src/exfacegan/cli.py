@@ -98,7 +98,9 @@ def add_report_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=report)
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_report_parser]
+from exfacegan.stages.export import add_export_parser  # noqa: E402
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_report_parser, add_export_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:
