@@ -221,3 +221,17 @@ def test_rec_export_of_a_smoke_run_trains_as_the_image_folder_does(tmp_path):
         assert "12 identities, " in result.stdout + result.stderr
         losses[name] = json.loads((tmp_path / name / "eval.json").read_text())["epochs"][0]["loss"]
     assert losses["rec"] == losses["folder"]  # the same images, labels and order: the same training
+
+
+@pytest.mark.slow
+def test_torchrun_streams_webdataset_shards_with_equal_steps(run, tmp_path):
+    export(run, "webdataset", tmp_path / "wds", shard_size=4)  # 3 shards: rank 0 reads 0 and 2, rank 1 reads 1
+    args = ["recipe=smoke", "logger=none", "batch_size=4", "epochs=2", "data.num_workers=1",
+            "eval.holdout_fraction=0", f"data.root={tmp_path / 'wds'}", f"out_dir={tmp_path / 'two'}"]
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "-m", "exfacegan.train", *args], capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "WANDB_MODE": "disabled"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = json.loads((tmp_path / "two" / "eval.json").read_text())["epochs"]
+    # 9 images, global batch 4: 2 steps per epoch on both processes
+    assert [(r["world_size"], r["steps_per_epoch"], r["step"]) for r in records] == [(2, 2, 2), (2, 2, 4)]

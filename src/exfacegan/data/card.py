@@ -99,7 +99,8 @@ def dataset_card(run_dir: Path, *, fmt: str, labels: np.ndarray, image_encoding:
     else:
         lines += ["The run has no `analyze/metrics.json`: the dataset was not analysed."]
     if stats_path.is_file():
-        lines += ["", "## Generation statistics (`generate/stats.json`)", "", *_table(load_json(stats_path))]
+        stats = {key: value for key, value in load_json(stats_path).items() if isinstance(value, (int, float, str))}
+        lines += ["", "## Generation statistics (`generate/stats.json`)", "", *_table(stats)]
     lines += ["", "## Provenance", ""]
     if provenance_path.is_file():
         provenance = load_json(provenance_path)

@@ -3,9 +3,10 @@ as ASCII) per sample, written with the `webdataset` package.
 
 `ShardDataset` indexes the shards once (tar headers and the small `.cls` members) so that the trainer can split
 off held-out images and read them; training itself streams through `ShardStream`: each process (DDP rank)
-reads its own shards, `shards[rank::world_size]`, each DataLoader worker a share of those, in a seeded order
-per epoch through a shuffle buffer, repeating its shards when needed so that every process yields exactly
-`steps * local_batch` images per epoch (DDP processes must run the same number of steps).
+reads its own shards, `shards[rank::world_size]`, each DataLoader worker a share of those (all of them, in its
+own order, when they are fewer than the workers), in a seeded order per epoch through a shuffle buffer,
+repeating them when needed so that every process yields exactly `steps * local_batch` images per epoch
+(DDP processes must run the same number of steps).
 """
 
 from __future__ import annotations
