@@ -58,6 +58,8 @@ def unpack(payload: bytes) -> tuple[IRHeader, bytes]:
     flag, label, id_, id2 = _IR_HEADER.unpack_from(payload)
     data = payload[_IR_HEADER.size:]
     if flag > 0:
+        if len(data) < 4 * flag:
+            raise DataError(f"a RecordIO payload declares {flag} labels but holds {len(data) // 4}")
         labels = tuple(float(x) for x in np.frombuffer(data[: 4 * flag], dtype="<f4"))
         return IRHeader(flag, labels, id_, id2), data[4 * flag:]
     return IRHeader(flag, label, id_, id2), data
@@ -105,7 +107,7 @@ def read_index(idx: str | Path) -> dict[int, int]:
     with open(idx) as f:
         for number, line in enumerate(f, 1):
             parts = line.split("\t")
-            if len(parts) != 2:
+            if len(parts) != 2 or not all(part.strip().isdigit() for part in parts):
                 raise DataError(f"{idx}:{number}: expected 'key<TAB>offset', got {line.strip()!r}")
             offsets[int(parts[0])] = int(parts[1])
     return offsets
@@ -128,6 +130,8 @@ def read_record(f: io.BufferedIOBase, offset: int) -> bytes:
     while True:
         length, flag = _frame_head(f)
         parts.append(f.read(length))
+        if len(parts[-1]) < length:
+            raise DataError(f"RecordIO file {getattr(f, 'name', '')} ends inside a record")
         f.seek(-length % 4, os.SEEK_CUR)
         if flag in (0, 3):
             return _MAGIC_BYTES.join(parts)
@@ -140,7 +144,10 @@ def read_header(f: io.BufferedIOBase, offset: int) -> IRHeader:
     if flag != 0 or length < _IR_HEADER.size:
         return unpack(read_record(f, offset))[0]
     fixed = f.read(_IR_HEADER.size)
-    extra = f.read(4 * min(_IR_HEADER.unpack(fixed)[0], (length - _IR_HEADER.size) // 4))
+    wanted = 4 * _IR_HEADER.unpack(fixed)[0] if len(fixed) == _IR_HEADER.size else 0
+    extra = f.read(wanted)
+    if len(fixed) < _IR_HEADER.size or len(extra) < wanted or wanted > length - _IR_HEADER.size:
+        raise DataError(f"RecordIO file {getattr(f, 'name', '')} ends inside a record")
     return unpack(fixed + extra)[0]
 
 
@@ -182,14 +189,17 @@ class RecordIODataset(Dataset):
             if header.flag <= 0:
                 raise DataError(f"record 0 of {self.root / 'train.rec'} is not a header (flag {header.flag})")
             keys = range(1, int(header.label[0]))
+            if not keys:
+                raise DataError(f"{self.root / 'train.rec'} holds no images (header label {header.label})")
             if any(key not in offsets for key in keys):
                 raise DataError(f"{self.root / 'train.idx'} lacks image keys of 1..{len(keys)}")
             self.offsets = np.asarray([offsets[key] for key in keys], dtype=np.int64)
             labels = [read_header(f, offset).label for offset in self.offsets]
         self.labels = np.asarray([lab if isinstance(lab, float) else lab[0] for lab in labels]).astype(np.int64)
-        num_classes = int(self.labels.max()) + 1 if len(self.labels) else 0
-        if (self.root / "property").is_file():
-            num_classes = max(num_classes, int((self.root / "property").read_text().split(",")[0]))
+        num_classes = int(self.labels.max()) + 1
+        declared = (self.root / "property").read_text().split(",")[0] if (self.root / "property").is_file() else ""
+        if declared.strip().isdigit():
+            num_classes = max(num_classes, int(declared))
         self.classes = [str(label) for label in range(num_classes)]
         self._file: tuple[int, io.BufferedReader] | None = None
 
