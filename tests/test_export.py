@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import webdataset
 import yaml
 from PIL import Image
 from torch.utils.data import DataLoader
@@ -99,6 +100,9 @@ def test_webdataset_export_round_trips_and_streams_each_rank_its_shards(run, tmp
         shard, data = members[f"{folder}/{path.stem}.jpg"]
         assert data == path.read_bytes() and members[f"{folder}/{path.stem}.cls"][1] == str(label).encode()
         assert shard == shards[index // 4].name
+    reader = webdataset.WebDataset([str(s) for s in shards], shardshuffle=False).to_tuple("__key__", "jpg", "cls")
+    assert [(key, data, int(cls)) for key, data, cls in reader] == [
+        (f"{folder}/{path.stem}", path.read_bytes(), label) for folder, label, path in files]
     dataset = open_dataset(tmp_path / "wds", size=24)
     assert isinstance(dataset, ShardDataset) and dataset.labels.tolist() == [label for _, label, _ in files]
     image, label = dataset[5]
