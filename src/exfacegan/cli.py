@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from exfacegan.errors import ConfigError, DataError, ExFaceGANError
+from exfacegan.stages.export import add_export_parser
 
 IRESNET_ARCHS = ("iresnet18", "iresnet34", "iresnet50", "iresnet100", "iresnet200")
 EMBEDDERS = ("dlib", *IRESNET_ARCHS)
@@ -97,8 +98,6 @@ def add_report_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--num-workers", type=int, default=0, help="image decoding processes")
     parser.set_defaults(handler=report)
 
-
-from exfacegan.stages.export import add_export_parser  # noqa: E402
 
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_report_parser, add_export_parser]
 

@@ -73,10 +73,10 @@ def dataset_card(run_dir: Path, *, fmt: str, labels: np.ndarray, image_encoding:
     embedder, embedder_license = describe_embedder(config.get("embedder"))
     lines = [
         "# Synthetic face-recognition dataset (exfacegan)", "",
-        "Identities made by ExFaceGAN-style boundary sampling (Boutros et al., IJCB 2023): every identity is a "
-        "synthetic, non-existent person, though a generated face can resemble a real one.", "",
+        ("Identities made by ExFaceGAN-style boundary sampling (Boutros et al., IJCB 2023): every identity is a "
+         "synthetic, non-existent person, though a generated face can resemble a real one."), "",
         "## Contents", "", *_table({
-            "format": fmt, "identities": len(counts), "images": int(len(labels)),
+            "format": fmt, "identities": len(counts), "images": len(labels),
             "images per identity (min / mean / max)": f"{counts.min()} / {counts.mean():.2f} / {counts.max()}",
             "image encoding": image_encoding,
             "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),

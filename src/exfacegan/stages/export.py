@@ -8,7 +8,8 @@ FR trainers read directly, with its dataset card (DATASET.md).
 Classes are the identity folders in sorted order (class i = the i-th folder, as the trainer's image-folder
 reader numbers them), images in sorted order; the encoded images are stored as the generate stage wrote them.
 Every export also holds `samples.csv` (key, class, folder, source file) and the generate stage's manifest.csv.
-Everything is written into `<out>.partial` and renamed when complete.
+Everything is written into `<out>.partial` and renamed when complete. The readers and writers are imported
+when exporting, so that the `exfacegan` command line starts without loading torch.
 """
 
 from __future__ import annotations
@@ -20,15 +21,12 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from PIL import Image
-
-from exfacegan.data.card import dataset_card
-from exfacegan.data.image_folder import ImageFolderDataset
-from exfacegan.data.recordio import write_face_records
-from exfacegan.data.shards import write_shards
 from exfacegan.errors import ConfigError, DataError
-from exfacegan.provenance import file_sha256
+
+if TYPE_CHECKING:
+    from exfacegan.data.image_folder import ImageFolderDataset
 
 FORMATS = ("rec", "webdataset", "folder")
 USAGE = {
@@ -80,6 +78,8 @@ def export(run_dir: str | Path, fmt: str, out: str | Path | None = None, *, shar
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir / "export" / fmt
     dataset_dir = check_export(run_dir, fmt, out, shard_size)
+    from exfacegan.data.image_folder import ImageFolderDataset
+
     start = time.perf_counter()
     dataset = ImageFolderDataset(dataset_dir)
     partial = out.with_name(out.name + ".partial")
@@ -96,6 +96,9 @@ def export(run_dir: str | Path, fmt: str, out: str | Path | None = None, *, shar
 
 
 def _write_export(run_dir: Path, fmt: str, partial: Path, dataset: ImageFolderDataset, shard_size: int) -> None:
+    from exfacegan.data.card import dataset_card
+    from exfacegan.provenance import file_sha256
+
     keys = _write_format(fmt, partial, dataset, shard_size)
     with open(partial / "samples.csv", "w", newline="") as f:
         writer = csv.writer(f)
@@ -114,8 +117,14 @@ def _write_export(run_dir: Path, fmt: str, partial: Path, dataset: ImageFolderDa
 
 def _write_format(fmt: str, out: Path, dataset: ImageFolderDataset, shard_size: int) -> list[str]:
     """Write the images in `fmt`; returns each image's key in that format."""
+    from PIL import Image
+
+    from exfacegan.data.recordio import write_face_records
+    from exfacegan.data.shards import write_shards
+
     if fmt == "rec":
-        groups = ((dataset.paths[i].read_bytes() for i in dataset.class_indices(c)) for c in range(len(dataset.classes)))
+        groups = ((dataset.paths[i].read_bytes() for i in dataset.class_indices(label))
+                  for label in range(len(dataset.classes)))
         with Image.open(dataset.paths[0]) as first:
             write_face_records(out, groups, first.height)
         return [str(key) for key in range(1, len(dataset) + 1)]
@@ -142,6 +151,7 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("export", help="a run's dataset as MXNet RecordIO, WebDataset shards or a folder")
     parser.add_argument("run_dir", help="an exfacegan run directory with a finished generate stage")
     parser.add_argument("--format", default="rec", help=f"one of {', '.join(FORMATS)} (default: rec)")
-    parser.add_argument("--out", default=None, help="output folder, must not exist (default: <run_dir>/export/<format>)")
+    parser.add_argument("--out", default=None,
+                        help="output folder, must not exist (default: <run_dir>/export/<format>)")
     parser.add_argument("--shard-size", type=int, default=1000, help="webdataset: samples per shard")
     parser.set_defaults(handler=run_export)
