@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from exfacegan.errors import ConfigError, DataError, ExFaceGANError
+from exfacegan.stages.export import add_export_parser
 from exfacegan.weights import REGISTRY
 
 IRESNET_ARCHS = ("iresnet18", "iresnet34", "iresnet50", "iresnet100", "iresnet200")
@@ -127,7 +128,7 @@ def add_report_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=report)
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_report_parser]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_report_parser, add_export_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

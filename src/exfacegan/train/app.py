@@ -14,7 +14,7 @@ from exfacegan.data.image_folder import ImageFolderDataset
 from exfacegan.errors import CheckpointError, ConfigError, DataError
 from exfacegan.loggers import NullLogger, build_logger
 from exfacegan.train.augment import BatchAugment, RandAugment
-from exfacegan.train.data import load_images, split_holdout, train_loader, verification_pairs
+from exfacegan.train.data import load_images, open_dataset, split_holdout, train_loader, verification_pairs
 from exfacegan.train.distributed import Processes, init_processes, same_everywhere
 from exfacegan.train.evaluation import N_FOLDS, VerificationSet, evaluate
 from exfacegan.train.loop import MarginModel, Trainer, load_for_resume, step_decay
@@ -102,7 +102,7 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     if not processes.is_main:
         logging.getLogger().setLevel(logging.WARNING)
     out_dir = Path(cfg.out_dir)
-    dataset = ImageFolderDataset(cfg.data.root, size=cfg.data.image_size)
+    dataset = open_dataset(cfg.data.root, size=cfg.data.image_size)
     holdout_fraction = 0.0 if targets else float(cfg.eval.holdout_fraction)
     train_indices, held_out = split_holdout(dataset.labels, holdout_fraction, cfg.seed)
     device = processes.device

