@@ -14,11 +14,11 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from exfacegan.cli_offsets import add_offsets_parser
 from exfacegan.errors import ConfigError, DataError, ExFaceGANError
 
 IRESNET_ARCHS = ("iresnet18", "iresnet34", "iresnet50", "iresnet100", "iresnet200")
 EMBEDDERS = ("dlib", *IRESNET_ARCHS)
-RUN_CONFIGS = ("config.yaml", ".hydra/config.yaml")
 
 
 def build_embedder(name: str, checkpoint: str | None, device: str):
@@ -34,26 +34,18 @@ def build_embedder(name: str, checkpoint: str | None, device: str):
 
 def run_embedder(run_dir: Path, device: str):
     """The embedder a run judged its dataset with, built from its saved config; None if there is none."""
-    import exfacegan.run  # noqa: F401  (registers the config resolvers)
-    from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    for name in RUN_CONFIGS:
-        path = run_dir / name
-        if not path.is_file():
-            continue
-        cfg = OmegaConf.load(path)
-        node = OmegaConf.select(cfg, "analyze.judge") or OmegaConf.select(cfg, "embedder")
-        if node is None or "network" not in node:
-            return None
-        try:
-            module = instantiate(node.network, _convert_="all")
-        except ExFaceGANError:
-            raise
-        except Exception as error:  # an unresolvable or outdated saved config
-            raise ConfigError(f"cannot rebuild the embedder from {path} ({error}); pass --embedder") from error
-        return module.eval().requires_grad_(False).to(device)
-    return None
+    from exfacegan.rebuild import load_run_config, rebuild_network
+
+    saved = load_run_config(run_dir)
+    if saved is None:
+        return None
+    path, cfg = saved
+    node = OmegaConf.select(cfg, "analyze.judge") or OmegaConf.select(cfg, "embedder")
+    if node is None or "network" not in node:
+        return None
+    return rebuild_network(node.network, path, device, "; pass --embedder")
 
 
 def report(args: argparse.Namespace) -> int:
@@ -98,7 +90,7 @@ def add_report_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=report)
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_report_parser]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_report_parser, add_offsets_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:
