@@ -299,3 +299,20 @@ def test_rerun_replaces_the_study_and_logs_the_curve(study: dict, smoke_run: Pat
     assert logged[-3] == ("offsets", {f"{side}_{key}_at_max_off": study["at_max_off"][side][key]
                                       for side in ("same", "other") for key in ("mean", "p10", "p90")})
     assert logged[-2:] == [("offsets/curve", "offsets.png"), "finish"]
+
+
+@pytest.mark.slow  # W&B starts its service process
+def test_a_run_that_logged_to_wandb_gets_an_offline_wandb_run(smoke_run: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run, run, ignore=shutil.ignore_patterns("generate", "offsets"))
+    cfg = OmegaConf.load(run / "config.yaml")
+    cfg.logger = {"_target_": "exfacegan.loggers.WandbLogger", "project": "exfacegan", "mode": "offline",
+                  "entity": None, "tags": []}
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    assert cli_main(["offsets", str(run), "--references", "1", "--max-off", "0:3:3", "--device", "cpu"]) == 0
+    runs = list((run / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    assert sum(path.stat().st_size for path in runs[0].glob("run-*.wandb")) > 0
+    assert list(runs[0].glob("files/media/images/offsets/curve_*.png"))
