@@ -6,7 +6,6 @@ import json
 import shutil
 import subprocess
 import sys
-from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
+from test_report import MetricSpans, assert_opens_in_chromium
 
 from exfacegan.cli import main as cli_main
 from exfacegan.stages.offset_study import parse_offsets
@@ -42,6 +42,20 @@ def test_parse_offsets_hand_worked():
     np.testing.assert_allclose(parse_offsets("0:6:2", include=4.0), [0, 2, 4, 6])
 
 
+def test_below_min_off_every_dimension_moves_by_m_and_at_max_off_the_draws_are_the_datasets():
+    from exfacegan.stages.offset_study import offset_spec
+    from exfacegan.stages.offsets import Draw, OffsetSpec, draw_codes
+
+    run = OffsetSpec(min_off=2.0, max_off=5.0, seed=3)
+    latents, normals = np.zeros((2, 4)), np.tile([[1.0, -1.0, 0.5, 0.0]], (2, 1))
+    draw = [Draw(3, 1, 1, 0, 0)]
+    codes, _ = draw_codes(draw, latents, normals, offset_spec(run, 1.0, draws=1))
+    np.testing.assert_allclose(codes[0], [1.0, -1.0, 0.5, 0.0])  # u = 1 everywhere: U(min(2, 1), 1)
+    codes, _ = draw_codes(draw, latents, normals, offset_spec(run, 5.0, draws=1))
+    u = np.random.default_rng([3, 1, 0, 1]).uniform(2.0, 5.0, 4)  # the dataset's draw 0 of reference 1
+    np.testing.assert_allclose(codes[0], (u * normals[1]).astype(np.float32))
+
+
 @pytest.fixture
 def fake_run(tmp_path: Path, monkeypatch) -> Path:
     """A run folder with the smoke config and a finished fit stage of 3 boundaries, 2 valid; building any network
@@ -65,6 +79,16 @@ def fake_run(tmp_path: Path, monkeypatch) -> Path:
 
     monkeypatch.setattr("exfacegan.rebuild.rebuild_network", no_network)
     return run
+
+
+def test_defaults_all_valid_references_up_to_16_and_offsets_up_to_twice_max_off(fake_run: Path):
+    from exfacegan.cli import build_parser
+    from exfacegan.cli_offsets import _plan
+
+    plan = _plan(build_parser().parse_args(["offsets", str(fake_run), "--device", "cpu"]))
+    assert plan.references.tolist() == [0, 2]  # the valid ones
+    np.testing.assert_allclose(plan.offsets, np.arange(13) / 2)  # smoke: max_off 3 -> 0:6:0.5
+    assert plan.out == fake_run / "offsets" and plan.spec.batch_size == 16
 
 
 @pytest.mark.parametrize("argv, fragments", [
@@ -111,7 +135,7 @@ def smoke_run(tmp_path_factory) -> Path:
     """A smoke run with 6 boundaries and a generated dataset (2 images per class, the reference in slot 0)."""
     root = tmp_path_factory.mktemp("offsets")
     result = subprocess.run([sys.executable, "-m", "exfacegan.run", *SMALL, f"run_dir={root / 'run'}"],
-                            cwd=root, capture_output=True, text=True, timeout=600)
+                            cwd=root, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     return root / "run"
 
@@ -205,27 +229,6 @@ def test_the_max_off_point_is_what_the_dataset_holds(study: dict, smoke_run: Pat
         assert study["similarity"][row["side"]][r][t][study["max_off_index"]] == pytest.approx(expected, abs=1e-4)
 
 
-class TaggedNumbers(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.found, self.links, self._open = [], [], None
-
-    def handle_starttag(self, tag, attrs):
-        attrs = dict(attrs)
-        self.links += [attrs[k] for k in ("src", "href") if k in attrs]
-        if "data-metric" in attrs:
-            self._open = [attrs["data-metric"], attrs["data-value"], ""]
-
-    def handle_data(self, data):
-        if self._open is not None:
-            self._open[2] += data
-
-    def handle_endtag(self, tag):
-        if self._open is not None:
-            self.found.append(tuple(self._open))
-            self._open = None
-
-
 def _lookup(payload, key: str):
     for part in key.split("."):
         payload = payload[int(part)] if isinstance(payload, list) else payload[part]
@@ -234,7 +237,7 @@ def _lookup(payload, key: str):
 
 @pytest.mark.slow
 def test_the_page_shows_the_numbers_of_the_json(study: dict, smoke_run: Path):
-    parser = TaggedNumbers()
+    parser = MetricSpans()
     parser.feed((smoke_run / "offsets" / "offsets.html").read_text())
     shown = {key: (value, text) for key, value, text in parser.found}
     assert len(shown) == len(parser.found)
@@ -257,17 +260,7 @@ def test_the_page_shows_the_numbers_of_the_json(study: dict, smoke_run: Path):
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed (apt-get install -y chromium)")
 def test_the_page_opens_in_headless_chromium(study: dict, smoke_run: Path, tmp_path: Path):
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "pipelines" / "screenshot_report.py"
-    spec = importlib.util.spec_from_file_location("screenshot_report", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    shot = tmp_path / "shot.png"
-    assert module.screenshot(smoke_run / "offsets" / "offsets.html", shot, width=1100, height=1400) == []
-    with Image.open(shot) as image:
-        assert image.size == (1100, 1400)
-        assert len(np.unique(np.asarray(image.convert("L")))) > 50  # the page rendered, not a blank canvas
+    assert_opens_in_chromium(smoke_run / "offsets" / "offsets.html", tmp_path / "shot.png", width=1100, height=1400)
 
 
 @pytest.mark.slow

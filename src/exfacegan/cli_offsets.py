@@ -1,6 +1,6 @@
 """`exfacegan offsets <run_dir>`: the offset study of a run with a finished fit stage.
 
-    exfacegan offsets <run_dir> [--references 16] [--max-off START:STOP:STEP] [--draws 1] [--strips 6]
+    exfacegan offsets <run_dir> [--references K] [--max-off START:STOP:STEP] [--draws 1] [--strips 6]
                       [--device auto] [--batch-size N] [--out DIR]
 
 Rebuilds the run's generator, aligner and embedder (its judge, if it had one) from its config.yaml, renders
@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from exfacegan.errors import ConfigError, DataError
 
 OUT_NAME = "offsets"
+DEFAULT_REFERENCES = 16
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,8 @@ class _Plan:
 def add_offsets_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("offsets", help="similarity to the reference against the offset along the boundary")
     parser.add_argument("run_dir", help="an exfacegan run directory with a finished fit stage")
-    parser.add_argument("--references", type=int, default=16, help="the first K valid references (default 16)")
+    parser.add_argument("--references", type=int, default=None,
+                        help=f"the first K valid references (default {DEFAULT_REFERENCES}, or all if fewer)")
     parser.add_argument("--max-off", default=None,
                         help="offset magnitudes START:STOP:STEP, STOP included (default 0:2*max_off:max_off/6)")
     parser.add_argument("--draws", type=int, default=1, help="seeded draws of u per reference and offset")
@@ -79,8 +81,10 @@ def _plan(args: argparse.Namespace) -> _Plan:
     with np.load(RunDirectory(run_dir).require("fit") / "boundaries.npz") as npz:
         boundaries = {key: npz[key] for key in ("reference_latents", "normals", "valid", "references")}
     valid = np.flatnonzero(boundaries["valid"])
-    if args.references > len(valid):
+    if args.references is not None and args.references > len(valid):
         raise ConfigError(f"--references {args.references}: {run_dir} has only {len(valid)} valid boundaries")
+    if not len(valid):
+        raise DataError(f"{run_dir} has no valid boundary (fit/boundaries.npz: valid=False for all)")
     out = Path(args.out) if args.out else run_dir / OUT_NAME
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is an existing file; give a folder")
@@ -89,8 +93,8 @@ def _plan(args: argparse.Namespace) -> _Plan:
     for key in ("gan.network", "align"):
         if OmegaConf.select(cfg, key) is None:
             raise DataError(f"{config_path} has no {key}; cannot rebuild the run's networks")
-    return _Plan(run_dir, config_path, cfg, spec, boundaries, valid[: args.references], offsets, out,
-                 resolve_device(args.device))
+    references = valid[: args.references or DEFAULT_REFERENCES]
+    return _Plan(run_dir, config_path, cfg, spec, boundaries, references, offsets, out, resolve_device(args.device))
 
 
 def offsets(args: argparse.Namespace) -> int:

@@ -23,7 +23,14 @@ from torch import nn
 from exfacegan.errors import ConfigError
 from exfacegan.gans.latent import synthesize, to_uint8
 from exfacegan.stages.generate import GenerateSpec
-from exfacegan.stages.offsets import REFERENCE_ATTEMPT, SIDES, Draw, OffsetSpec, draw_codes, first_draws
+from exfacegan.stages.offsets import (
+    REFERENCE_ATTEMPT,
+    SIDES,
+    Draw,
+    OffsetSpec,
+    draw_codes,
+    first_draws,
+)
 
 NUMBER = r"\s*(\d+(?:\.\d*)?|\.\d+)\s*"
 PERCENTILES = (10, 90)
