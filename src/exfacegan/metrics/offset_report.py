@@ -67,7 +67,8 @@ def offsets_figure(path: Path, payload: Mapping[str, Any], reference_faces: torc
         curve.fill_between(offsets, low, high, color=colour, alpha=0.2, label="10–90th percentile")
     curve.axvline(payload["max_off"], color="black", linestyle="--", linewidth=1,
                   label=f"sampling.max_off = {payload['max_off']:g} (the dataset)")
-    curve.set_xlabel(f"offset magnitude m (u ~ U({payload['min_off']:g}, m) per dimension)")
+    low = f"min({payload['min_off']:g}, m)" if payload["min_off"] > 0 else "0"
+    curve.set_xlabel(f"offset magnitude m (u ~ U({low}, m) per dimension)")
     curve.set_ylabel("cosine similarity to the reference")
     curve.set_title(f"{len(payload['references'])} references × {payload['draws']} draw(s)", fontsize=10)
     curve.legend(fontsize=8, loc="lower left")
