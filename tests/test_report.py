@@ -350,10 +350,13 @@ def test_screenshot_checker_catches_wrong_numbers_and_external_links(run_dir: Pa
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed (apt-get install -y chromium)")
 def test_report_opens_in_headless_chromium(run_dir: Path, tmp_path: Path):
     analyze_run(run_dir, tmp_path / "a", PatternEmbedder())
-    shot = tmp_path / "shot.png"
-    assert _screenshot_module().screenshot(tmp_path / "a" / "report.html", shot, width=900, height=1400) == []
+    assert_opens_in_chromium(tmp_path / "a" / "report.html", tmp_path / "shot.png", width=900, height=1400)
+
+
+def assert_opens_in_chromium(page: Path, shot: Path, *, width: int, height: int) -> None:
+    assert _screenshot_module().screenshot(page, shot, width=width, height=height) == []
     with Image.open(shot) as image:
-        assert image.size == (900, 1400)
+        assert image.size == (width, height)
         assert len(np.unique(np.asarray(image.convert("L")))) > 50  # the page rendered, not a blank canvas
 
 

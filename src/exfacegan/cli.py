@@ -15,14 +15,14 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from exfacegan.errors import ConfigError, DataError, ExFaceGANError
+from exfacegan.cli_offsets import add_offsets_parser
+from exfacegan.errors import ConfigError, DataError
 from exfacegan.stages.export import add_export_parser
 from exfacegan.weights import REGISTRY
 
 IRESNET_ARCHS = ("iresnet18", "iresnet34", "iresnet50", "iresnet100", "iresnet200")
 ONNX_NAMES = tuple(name for name, entry in REGISTRY.items() if entry.arch == "onnx")
 EMBEDDERS = ("dlib", *IRESNET_ARCHS, "onnx", *ONNX_NAMES)
-RUN_CONFIGS = ("config.yaml", ".hydra/config.yaml")
 
 
 def build_embedder(name: str, checkpoint: str | None, device: str):
@@ -43,33 +43,23 @@ def build_embedder(name: str, checkpoint: str | None, device: str):
 
 def run_embedder(run_dir: Path, device: str):
     """The embedder a run judged its dataset with, built from its saved config; None if there is none."""
-    from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from exfacegan.config import register_resolvers
+    from exfacegan.rebuild import load_run_config, rebuild_network
 
-    register_resolvers()
-    for name in RUN_CONFIGS:
-        path = run_dir / name
-        if not path.is_file():
-            continue
-        cfg = OmegaConf.load(path)
-        node = OmegaConf.select(cfg, "analyze.judge") or OmegaConf.select(cfg, "embedder")
-        if node is None or "network" not in node:
-            return None
-        try:
-            module = instantiate(node.network, _convert_="all")
-        except ExFaceGANError:
-            raise
-        except Exception as error:  # an unresolvable or outdated saved config
-            raise ConfigError(f"cannot rebuild the embedder from {path} ({error}); pass --embedder") from error
-        return module.eval().requires_grad_(False).to(device)
-    return None
+    saved = load_run_config(run_dir)
+    if saved is None:
+        return None
+    path, cfg = saved
+    node = OmegaConf.select(cfg, "analyze.judge") or OmegaConf.select(cfg, "embedder")
+    if node is None or "network" not in node:
+        return None
+    return rebuild_network(node.network, path, device, "; pass --embedder")
 
 
 def check_args(args: argparse.Namespace) -> None:
     """Refuse impossible arguments in one line, before any network is built; `--device auto` becomes a device."""
-    from exfacegan.config import resolve_device
+    from exfacegan.devices import resolve_device
 
     for name in ("batch_size", "max_impostor_pairs"):
         if getattr(args, name, 1) < 1:
@@ -128,7 +118,8 @@ def add_report_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=report)
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_report_parser, add_export_parser]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_report_parser, add_export_parser,
+                                                                   add_offsets_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:
