@@ -120,6 +120,7 @@ def test_bad_settings_give_one_line_before_any_network(override, words, tmp_path
     assert str(error.value).startswith(words) and "\n" not in str(error.value)
 
 
+@pytest.mark.slow
 def test_a_cross_bound_without_a_second_side_stops_the_app_with_exit_2(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "exfacegan.run", "experiment=smoke", "logger=none", f"run_dir={tmp_path / 'run'}",

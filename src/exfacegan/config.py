@@ -44,6 +44,9 @@ def validate_config(cfg: DictConfig) -> None:
     if references is not None and not 1 <= references <= num_samples:
         raise ConfigError(f"label.num_references={references} must be between 1 and sample.num_samples={num_samples}")
     _check_sampling_and_pool(cfg, references, num_samples)
+    from exfacegan.stages.identity_filter import check_identity_controls
+
+    check_identity_controls(cfg)
     if cfg.get("fit", {}).get("references_per_chunk", 1) < 1:
         raise ConfigError(f"fit.references_per_chunk must be at least 1, got {cfg.fit.references_per_chunk}")
     resolve_device(cfg.device)
