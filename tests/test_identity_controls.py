@@ -6,11 +6,14 @@ import sys
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
 
+from exfacegan.app import stage_fingerprints
 from exfacegan.config import validate_config
 from exfacegan.errors import ConfigError
 from exfacegan.label import distinct_references
 from exfacegan.run import CONFIG_DIR
+from exfacegan.stages.identity_filter import IdentityFilterSpec
 from exfacegan.stages.label import label
 
 
@@ -133,3 +136,28 @@ def test_a_cross_bound_without_a_second_side_stops_the_app_with_exit_2(tmp_path)
         "needs sampling.both_sides=true"
     ], result.stderr
     assert not (tmp_path / "run" / "sample").exists()
+
+
+def test_exfacegan_plus_is_the_paper_run_plus_the_controls(tmp_path):
+    plus, paper = (_compose(f"experiment={name}", f"run_dir={tmp_path}") for name in ("exfacegan_plus", "paper_sg2"))
+    differing = {key for key in plus if plus[key] != paper[key]}
+    assert differing == {"references", "filter"}
+    assert plus.references.max_similarity == 0.3 and plus.label.num_references == 5000
+    assert IdentityFilterSpec.from_config(plus) == IdentityFilterSpec(0.4, 0.3)
+
+
+def test_the_controls_enter_the_fingerprints_of_the_stages_they_change_and_only_when_set():
+    base = stage_fingerprints(_compose())
+    bare = _compose()
+    with open_dict(bare):
+        del bare["references"], bare["filter"]
+    assert stage_fingerprints(bare) == base  # runs without the controls keep their stages (and caches)
+    upstream = ("sample", "label", "fit")
+    references = stage_fingerprints(_compose("references.max_similarity=0.5"))
+    assert references["sample"] == base["sample"] and all(references[s] != base[s] for s in upstream[1:])
+    filtered = stage_fingerprints(_compose("filter.min_reference_similarity=0.3"))
+    assert all(filtered[s] == base[s] for s in upstream) and filtered["generate"] != base["generate"]
+    judged = stage_fingerprints(_compose("filter.min_reference_similarity=0.3", "embedder@filter.judge=dlib"))
+    assert judged["fit"] == base["fit"] and judged["generate"] not in (base["generate"], filtered["generate"])
+    unjudged = stage_fingerprints(_compose("embedder@filter.judge=dlib"))  # a judge with nothing to judge
+    assert unjudged == base

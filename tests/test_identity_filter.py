@@ -167,3 +167,17 @@ def test_filtered_redraws_do_not_depend_on_chunking_sharding_or_resuming(bounds,
     sorted((tmp_path / "k" / "progress").glob("*.csv"))[0].unlink()  # killed before the first chunk was recorded
     resumed = _run(tmp_path / "k", bounds)
     assert (_files(resumed.dataset), resumed.manifest.read_bytes(), resumed.stats.read_bytes()) == reference
+
+
+@pytest.mark.slow
+def test_the_report_shows_the_filters_counts_and_acceptance(bounds, tmp_path):
+    from exfacegan.stages.analyze import analyze_run
+
+    stats = json.loads(_run(tmp_path / "run" / "generate", bounds).stats.read_text())
+    metrics = analyze_run(tmp_path / "run", tmp_path / "analyze", ToyEmbedder(), grid_images=0)
+    page = (tmp_path / "analyze" / "report.html").read_text()
+    for key in ("rejected_reference_similarity", "rejected_cross_similarity", "accepted_fraction",
+                "accepted_fraction_class_min", "accepted_fraction_class_median"):
+        assert metrics[key] == stats[key]
+        shown = str(stats[key]) if isinstance(stats[key], int) else f"{100 * stats[key]:.2f}%"
+        assert f'data-metric="{key}" data-value="{stats[key]!r}">{shown}</span>' in page

@@ -72,12 +72,18 @@ def _boundary_metrics(path: Path) -> dict[str, Any]:
     return metrics
 
 
+# The identity filter's counts and acceptance (exfacegan.stages.identity_filter), shown when stats.json has them.
+FILTER_STATS = ("rejected_reference_similarity", "rejected_cross_similarity", "accepted_fraction",
+                "accepted_fraction_class_min", "accepted_fraction_class_median")
+
+
 def _face_metrics(path: Path) -> dict[str, Any]:
     stats = json.loads(Path(path).read_text())
     attempted, dropped = int(stats["attempted"]), int(stats["dropped"])
     return {"faces_attempted": attempted, "faces_dropped": dropped,
             "dropped_fraction": dropped / attempted if attempted else 0.0,
-            "faces_redrawn": int(stats.get("redrawn", 0)), "classes_short": int(stats.get("classes_short", 0))}
+            "faces_redrawn": int(stats.get("redrawn", 0)), "classes_short": int(stats.get("classes_short", 0)),
+            **{key: stats[key] for key in FILTER_STATS if key in stats}}
 
 
 def _grid_identities(dataset: ImageFolderDataset, identities: int, images: int) -> list[tuple[str, torch.Tensor]]:
