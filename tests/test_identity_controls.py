@@ -142,7 +142,7 @@ def test_exfacegan_plus_is_the_paper_run_plus_the_controls(tmp_path):
     plus, paper = (_compose(f"experiment={name}", f"run_dir={tmp_path}") for name in ("exfacegan_plus", "paper_sg2"))
     differing = {key for key in plus if plus[key] != paper[key]}
     assert differing == {"references", "filter"}
-    assert plus.references.max_similarity == 0.3 and plus.label.num_references == 5000
+    assert plus.references.max_similarity == 0.4 and plus.label.num_references == 5000
     assert IdentityFilterSpec.from_config(plus) == IdentityFilterSpec(0.4, 0.3)
 
 
