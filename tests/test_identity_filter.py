@@ -2,6 +2,7 @@
 
 import csv
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +59,7 @@ def test_the_filter_keeps_exactly_the_faces_within_both_bounds():
     assert expected_own != [True] * 8 and expected_other != [True] * 8  # both bounds reject something here
     assert tests[0](faces, draws).tolist() == expected_own
     assert tests[1](faces, draws).tolist() == expected_other
-    assert rendered == [[0, 1]]  # each reference's images rendered and judged once
+    assert rendered == [[0], [1]]  # each reference's images rendered and judged once, on their own
 
     no_face = IdentityFilter(spec, PixelJudge(), lambda refs: (torch.stack([_face(0), _face(90)]), [True, False]))
     verdicts = [t(faces[:2], draws[:2]).tolist() for t in no_face.tests()]
@@ -181,3 +182,36 @@ def test_the_report_shows_the_filters_counts_and_acceptance(bounds, tmp_path):
         assert metrics[key] == stats[key]
         shown = str(stats[key]) if isinstance(stats[key], int) else f"{100 * stats[key]:.2f}%"
         assert f'data-metric="{key}" data-value="{stats[key]!r}">{shown}</span>' in page
+
+
+KILLABLE = """
+import sys, time
+from pathlib import Path
+import toys
+from test_identity_filter import IdentityFilterSpec, _run
+
+judge = toys.ToyEmbedder.forward
+toys.ToyEmbedder.forward = lambda self, faces: (time.sleep(0.05), judge(self, faces))[1]  # time to kill it
+_run(Path(sys.argv[1]), IdentityFilterSpec(float(sys.argv[2]), float(sys.argv[3])))
+"""
+
+
+@pytest.mark.slow
+def test_a_filtered_generate_killed_mid_chunk_resumes_to_the_uninterrupted_dataset(bounds, tmp_path):
+    from test_end_to_end import _kill_when
+
+    whole = _run(tmp_path / "whole", bounds)
+    reference = (_files(whole.dataset), whole.manifest.read_bytes(), whole.stats.read_bytes())
+    out = tmp_path / "killed"
+    command = [sys.executable, "-c", KILLABLE, str(out), repr(bounds.min_reference_similarity),
+               repr(bounds.max_cross_similarity)]
+    records = out / "progress"
+
+    def progress() -> int:  # chunks recorded, and a second chunk's first image written
+        second = [p for p in (out / "dataset").rglob("*.png") if int(p.parent.name) >= 4] if out.is_dir() else []
+        return len(list(records.glob("*.csv"))) + bool(second) if records.is_dir() else 0
+
+    _kill_when(command, Path(__file__).parent, progress, 2)
+    assert len(list(records.glob("*.csv"))) == 1 and not (out / "manifest.csv").exists()
+    resumed = _run(out, bounds)
+    assert (_files(resumed.dataset), resumed.manifest.read_bytes(), resumed.stats.read_bytes()) == reference

@@ -135,16 +135,15 @@ class IdentityFilter:
 
     def _anchors_of(self, references: list[int]) -> torch.Tensor:
         """float [len(references), sides, D] embeddings of their reference images (NaN where no face)."""
-        missing = sorted(set(references) - set(self._anchor_embeddings))
-        if missing:
-            faces, found = self.anchors(np.array(missing))
-            embeddings = self._embed(faces).view(len(missing), self.sides, -1)
-            absent = ~torch.tensor(found, device=embeddings.device).view(len(missing), self.sides)
+        for reference in sorted(set(references) - set(self._anchor_embeddings)):  # one at a time: batch-independent
+            faces, found = self.anchors(np.array([reference]))
+            embeddings = self._embed(faces)
+            absent = ~torch.tensor(found, device=embeddings.device)
             embeddings[absent] = float("nan")
             if absent.any():
-                log.warning("%d reference images show no face; their classes' faces fail the identity filter",
-                            int(absent.sum()))
-            self._anchor_embeddings.update(zip(missing, embeddings))
+                log.warning("reference %d: %d of its reference images show no face; the faces of its classes fail "
+                            "the identity filter's tests that need them", reference, int(absent.sum()))
+            self._anchor_embeddings[reference] = embeddings
         return torch.stack([self._anchor_embeddings[r] for r in references])
 
     def similarities(self, faces: torch.Tensor, draws: list[Draw]) -> torch.Tensor:
