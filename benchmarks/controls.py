@@ -60,7 +60,7 @@ def judging(device: str, batch: int) -> None:
         judge = random_iresnet_embedder(arch, num_features=features).eval().to(device)
         spec = IdentityFilterSpec(min_reference_similarity=0.4, max_cross_similarity=0.3)
 
-        def judge_batch() -> None:
+        def judge_batch(spec: IdentityFilterSpec = spec, judge: torch.nn.Module = judge) -> None:
             # A fresh filter per batch: its reference images (two per reference) are embedded too.
             tests = IdentityFilter(spec, judge, lambda refs: (faces[: 2 * len(refs)], [True] * 2 * len(refs))).tests()
             for test in tests:

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from toys import ToyAligner, ToyEmbedder, ToyGenerator
 
 from exfacegan.gans.latent import to_uint8
 from exfacegan.stages.generate import GenerateSpec, finalize, generate
 from exfacegan.stages.identity_filter import IdentityFilter, IdentityFilterSpec, identity_filter_tests
 from exfacegan.stages.offsets import Draw, OffsetSpec
-from toys import ToyAligner, ToyEmbedder, ToyGenerator
 
 
 class PixelJudge(nn.Module):
@@ -165,7 +165,7 @@ def test_filtered_redraws_do_not_depend_on_chunking_sharding_or_resuming(bounds,
     merged = finalize(tmp_path / "s")
     assert (_files(merged.dataset), merged.manifest.read_bytes(), merged.stats.read_bytes()) == reference
     _run(tmp_path / "k", bounds)
-    sorted((tmp_path / "k" / "progress").glob("*.csv"))[0].unlink()  # killed before the first chunk was recorded
+    min((tmp_path / "k" / "progress").glob("*.csv")).unlink()  # killed before the first chunk was recorded
     resumed = _run(tmp_path / "k", bounds)
     assert (_files(resumed.dataset), resumed.manifest.read_bytes(), resumed.stats.read_bytes()) == reference
 
