@@ -215,3 +215,19 @@ def test_a_filtered_generate_killed_mid_chunk_resumes_to_the_uninterrupted_datas
     assert len(list(records.glob("*.csv"))) == 1 and not (out / "manifest.csv").exists()
     resumed = _run(out, bounds)
     assert (_files(resumed.dataset), resumed.manifest.read_bytes(), resumed.stats.read_bytes()) == reference
+
+
+def test_the_reference_images_codes_and_attribute_seeds_follow_the_documented_definition():
+    from exfacegan.stages.identity_filter import anchor_codes
+
+    w, n = _boundaries(d=6)
+    spec = GenerateSpec(offsets=OffsetSpec(min_off=2.0, max_off=6.0, seed=7))
+    codes, seeds = anchor_codes(np.array([3, 1]), w, n, spec)
+    np.testing.assert_allclose(codes, np.stack([w[3], w[3] + 4.0 * n[3], w[1], w[1] + 4.0 * n[1]]), rtol=1e-6)
+    # GAN-Control attributes: streams 2 + side of attempt -1, i.e. default_rng([seed, r, 2 + side, 0]).
+    expected = [np.random.default_rng([7, r, 2 + side, 0]).integers(2**62) for r in (3, 1) for side in (0, 1)]
+    assert seeds.tolist() == expected
+    one_side = GenerateSpec(offsets=OffsetSpec(min_off=2.0, max_off=6.0, seed=7, both_sides=False))
+    codes, seeds = anchor_codes(np.array([3]), w, n, one_side)
+    np.testing.assert_array_equal(codes, w[3:4])
+    assert seeds.tolist() == expected[:1]

@@ -5,8 +5,8 @@ The filter judges every rendered face that the aligner found with the judge embe
 default: the run's embedder), by cosine similarity to two *reference images* per reference r, rendered,
 aligned and rounded to uint8 exactly as class images are (same truncation, noise, precision, aligner):
 
-- class 2r's reference image is the reference code w itself (u = 0; the image `sampling.include_reference`
-  puts in slot 0 of class 2r, with its GAN-Control attributes);
+- class 2r's reference image (class r with `sampling.both_sides=false`) is the reference code w itself (u = 0;
+  the image `sampling.include_reference` puts in slot 0 of class 2r, with its GAN-Control attributes);
 - class 2r+1 has no sampled code of its own, so its reference image is its draws' mean code `w + ū n`,
   ū = (min_off + max_off) / 2 in every dimension, with GAN-Control attributes from the seeded stream of
   side 1 and attempt -1 (`offsets.draw_rng(seed, r, 3, -1)`).
