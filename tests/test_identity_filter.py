@@ -182,6 +182,9 @@ def test_the_report_shows_the_filters_counts_and_acceptance(bounds, tmp_path):
         assert metrics[key] == stats[key]
         shown = str(stats[key]) if isinstance(stats[key], int) else f"{100 * stats[key]:.2f}%"
         assert f'data-metric="{key}" data-value="{stats[key]!r}">{shown}</span>' in page
+    assert metrics["accepted_fraction_per_class"] == stats["accepted_fraction_per_class"]
+    assert 'alt="Identity filter: faces kept per identity"' in page
+    assert (tmp_path / "analyze" / "accepted_fraction_histogram.png").stat().st_size > 0
 
 
 KILLABLE = """

@@ -148,7 +148,7 @@ def write_report(
             ("rejected: above filter.max_cross_similarity", "rejected_cross_similarity"),
             ("faces kept by every test (of those found)", "accepted_fraction"),
             ("per class: lowest", "accepted_fraction_class_min"), ("median", "accepted_fraction_class_median"),
-        ]) + "</section>")
+        ]) + _figure(figures.get("accepted_fraction_histogram")) + "</section>")
     if "boundaries" in metrics:
         sections.append(
             "<section><h2>Identity boundaries</h2><div class=\"row\"><div>" + _table(metrics, [

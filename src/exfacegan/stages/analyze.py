@@ -74,7 +74,7 @@ def _boundary_metrics(path: Path) -> dict[str, Any]:
 
 # The identity filter's counts and acceptance (exfacegan.stages.identity_filter), shown when stats.json has them.
 FILTER_STATS = ("rejected_reference_similarity", "rejected_cross_similarity", "accepted_fraction",
-                "accepted_fraction_class_min", "accepted_fraction_class_median")
+                "accepted_fraction_class_min", "accepted_fraction_class_median", "accepted_fraction_per_class")
 
 
 def _face_metrics(path: Path) -> dict[str, Any]:
@@ -185,6 +185,12 @@ def _figures(out_dir: Path, scores: PairScores, metrics: dict[str, Any], boundar
         figures.append(value_histogram(
             out_dir / "val_accuracy_histogram.png", boundaries["val_accuracy"][boundaries["valid"].astype(bool)],
             name="val_accuracy_histogram", title="Boundary validation accuracy", xlabel="validation accuracy",
+        ))
+    if {"rejected_reference_similarity", "rejected_cross_similarity"} & metrics.keys():
+        figures.append(value_histogram(
+            out_dir / "accepted_fraction_histogram.png", np.array(list(metrics["accepted_fraction_per_class"].values())),
+            name="accepted_fraction_histogram", title="Identity filter: faces kept per identity",
+            xlabel="fraction of the rendered faces kept", bins=20,
         ))
     if grid:
         figures.append(identity_grid(out_dir / "identity_grid.png", grid))
