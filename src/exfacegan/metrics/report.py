@@ -141,7 +141,8 @@ def write_report(
     ]
     if "faces_attempted" in metrics:
         sections.append("<section><h2>Faces dropped, re-drawn and filtered</h2>" + _table(metrics, [
-            ("generated", "faces_attempted"), ("re-drawn (no face: the slot's next seeded draw)", "faces_redrawn"),
+            ("generated", "faces_attempted"),
+            ("re-drawn (no face or filtered: the slot's next seeded draw)", "faces_redrawn"),
             ("dropped (slots left empty)", "faces_dropped"), ("fraction dropped", "dropped_fraction"),
             ("classes short of sampling.per_class", "classes_short"),
             ("rejected: below filter.min_reference_similarity", "rejected_reference_similarity"),
