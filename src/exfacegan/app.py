@@ -47,13 +47,16 @@ def _stable(node: Any) -> Any:
 
 def stage_fingerprints(cfg: DictConfig) -> dict[str, str]:
     """Each stage's fingerprint covers its own settings and those of every stage upstream."""
+    from exfacegan.stages.identity_filter import identity_controls_payload
+
     gan = _stable({k: v for k, v in cfg.gan.items() if k != "small"})
     boundary = _stable(cfg.boundary)
     margin = boundary.pop("margin", 0.0)
     sample = fingerprint({"gan": gan, "embedder": _stable(cfg.embedder), "align": _stable(cfg.align), "sample": _stable(cfg.sample)})
-    label = fingerprint({"up": sample, "label": _stable(cfg.label), "margin": margin})
+    controls_label, controls_generate = identity_controls_payload(cfg)
+    label = fingerprint({"up": sample, "label": _stable(cfg.label), "margin": margin, **controls_label})
     fit = fingerprint({"up": label, "boundary": boundary})
-    generate = fingerprint({"up": fit, "gan": gan, "align": _stable(cfg.align), "sampling": _stable(cfg.sampling), "dataset": _stable(cfg.dataset)})
+    generate = fingerprint({"up": fit, "gan": gan, "align": _stable(cfg.align), "sampling": _stable(cfg.sampling), "dataset": _stable(cfg.dataset), **_stable(controls_generate)})
     analyze = fingerprint({"up": generate, "analyze": _stable(cfg.analyze), "embedder": _stable(cfg.embedder)})
     return {"sample": sample, "label": label, "fit": fit, "generate": generate, "merge": generate, "analyze": analyze}
 
@@ -89,6 +92,11 @@ class Components:
         return self.embedder if judge is None else self._get("judge", lambda: self._network(judge.network))
 
     @property
+    def filter_judge(self) -> torch.nn.Module:
+        judge = OmegaConf.select(self.cfg, "filter.judge", default=None)
+        return self.embedder if judge is None else self._get("filter_judge", lambda: self._network(judge.network))
+
+    @property
     def aligner(self) -> torch.nn.Module:
         return self._get("aligner", lambda: self._network(self.cfg.align))
 
@@ -119,6 +127,7 @@ def run_label(cfg: DictConfig, run: RunDirectory, out: Path, parts: Components, 
         out, np.load(sample_dir / "embeddings.npy"), np.load(sample_dir / "latents.npz")["found"],
         num_references=cfg.label.num_references, pool_size=cfg.label.get("pool_size"), threshold=cfg.label.threshold,
         margin=cfg.boundary.margin, chunk_size=cfg.label.chunk_size,
+        max_similarity=OmegaConf.select(cfg, "references.max_similarity", default=None), device=parts.device,
     )
     labels = np.load(artifacts.labels)["labels"]
     logger.log_metrics({
@@ -151,13 +160,15 @@ def run_fit(cfg: DictConfig, run: RunDirectory, out: Path, parts: Components, lo
 
 def run_generate(cfg: DictConfig, run: RunDirectory, out: Path, parts: Components, logger: Any) -> bool:
     from exfacegan.stages.generate import GenerateSpec, generate
+    from exfacegan.stages.identity_filter import IdentityFilterSpec, identity_filter_tests
 
     boundaries = np.load(run.require("fit") / "boundaries.npz")
-    artifacts = generate(
-        out, parts.generator, parts.aligner,
-        reference_latents=boundaries["reference_latents"], normals=boundaries["normals"], valid=boundaries["valid"],
-        spec=GenerateSpec.from_config(cfg), device=parts.device,
-    )
+    latents, normals, spec = boundaries["reference_latents"], boundaries["normals"], GenerateSpec.from_config(cfg)
+    filter_spec = IdentityFilterSpec.from_config(cfg)
+    accept = identity_filter_tests(filter_spec, parts.filter_judge, parts.generator, parts.aligner, latents, normals,
+                                   spec, parts.device) if filter_spec.active else []
+    artifacts = generate(out, parts.generator, parts.aligner, reference_latents=latents, normals=normals,
+                         valid=boundaries["valid"], spec=spec, accept=accept, device=parts.device)
     if artifacts is not None:
         _log_generate_stats(artifacts.stats, logger)
     return artifacts is not None

@@ -186,6 +186,7 @@ def validate_config(cfg: DictConfig) -> None:
             _check(key, setting, value)
     _check_option_objects(cfg)
     _check_relations(cfg)
+    _check_identity_controls(cfg)
     resolve_device(cfg.device)
     if "generate" in cfg.stages:
         _check_disk_space(cfg, cfg.label.num_references or cfg.label.get("pool_size") or cfg.sample.num_samples)
@@ -246,6 +247,12 @@ def _check_option_objects(cfg: DictConfig) -> None:
         from exfacegan.align.mtcnn import check_mtcnn_settings
 
         check_mtcnn_settings(**align)
+
+
+def _check_identity_controls(cfg: DictConfig) -> None:
+    from exfacegan.stages.identity_filter import check_identity_controls
+
+    check_identity_controls(cfg)
 
 
 def _check_relations(cfg: DictConfig) -> None:

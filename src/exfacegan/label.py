@@ -20,7 +20,7 @@ from exfacegan.errors import ConfigError, DataError
 
 Threshold = str | float
 
-__all__ = ["cosine_similarities", "identity_labels", "reference_indices"]
+__all__ = ["cosine_similarities", "distinct_references", "identity_labels", "reference_indices"]
 
 
 def reference_indices(references: int | Sequence[int] | np.ndarray, num_samples: int) -> np.ndarray:
@@ -135,6 +135,48 @@ def identity_labels(
         labels[rows] = block.cpu().numpy()
         thresholds[rows] = level.cpu().numpy()
     return (labels, thresholds) if return_thresholds else labels
+
+
+def distinct_references(
+    embeddings: np.ndarray | torch.Tensor,
+    max_similarity: float,
+    count: int | None = None,
+    chunk_size: int = 1024,
+    *,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """Positions of references chosen greedily in order: a code is accepted when its cosine similarity to every
+    code accepted before it is below `max_similarity`, until `count` are accepted (all that can be when None).
+
+    Codes are compared with the accepted ones a chunk at a time (one [chunk, accepted] product), and within a
+    chunk with each other; refused in one line when fewer than `count` can be accepted.
+    """
+    unit = _normalised(embeddings, device)
+    if chunk_size < 1:
+        raise ConfigError(f"chunk_size must be >= 1, got {chunk_size}")
+    wanted = len(unit) if count is None else count
+    accepted: list[int] = []
+    kept = unit[:0]
+    for start in range(0, len(unit), chunk_size):
+        block = unit[start : start + chunk_size]
+        free = (block @ kept.T).amax(1) < max_similarity if len(kept) else torch.ones(len(block), dtype=torch.bool)
+        free, inner = free.cpu().numpy(), (block @ block.T < max_similarity).cpu().numpy()
+        chosen = []
+        for i in range(len(block)):
+            if free[i] and len(accepted) + len(chosen) < wanted:
+                chosen.append(i)
+                free &= inner[i]
+        accepted += [start + i for i in chosen]
+        kept = torch.cat([kept, block[chosen]])
+        if len(accepted) == wanted:
+            break
+    if count is not None and len(accepted) < count:
+        raise ConfigError(
+            f"references.max_similarity={max_similarity} accepts only {len(accepted)} of {len(unit)} codes as "
+            f"references, fewer than label.num_references={count}; raise the bound, ask for fewer references or "
+            "sample more codes"
+        )
+    return np.asarray(accepted, dtype=np.int64)
 
 
 def _parse_threshold(threshold: Threshold) -> float | None:

@@ -17,7 +17,8 @@ from exfacegan.data.artifacts import save_text
 from exfacegan.metrics.plots import Figure
 
 RATE_KEYS = {"eer", "fmr100", "fmr1000", "dropped_fraction", "val_accuracy_mean", "val_accuracy_median",
-             "val_accuracy_min", "val_accuracy_max", "train_accuracy_mean"}
+             "val_accuracy_min", "val_accuracy_max", "train_accuracy_mean", "accepted_fraction",
+             "accepted_fraction_class_min", "accepted_fraction_class_median"}
 LOWEST_CLASSES_SHOWN = 10
 
 CSS = """
@@ -139,11 +140,16 @@ def write_report(
         "they are drawn separately to show how far the boundary pushes an identity away.</p></section>",
     ]
     if "faces_attempted" in metrics:
-        sections.append("<section><h2>Faces dropped by the aligner</h2>" + _table(metrics, [
-            ("generated", "faces_attempted"), ("re-drawn (no face: the slot's next seeded draw)", "faces_redrawn"),
+        sections.append("<section><h2>Faces dropped, re-drawn and filtered</h2>" + _table(metrics, [
+            ("generated", "faces_attempted"),
+            ("re-drawn (no face or filtered: the slot's next seeded draw)", "faces_redrawn"),
             ("dropped (slots left empty)", "faces_dropped"), ("fraction dropped", "dropped_fraction"),
             ("classes short of sampling.per_class", "classes_short"),
-        ]) + "</section>")
+            ("rejected: below filter.min_reference_similarity", "rejected_reference_similarity"),
+            ("rejected: above filter.max_cross_similarity", "rejected_cross_similarity"),
+            ("faces kept by every test (of those found)", "accepted_fraction"),
+            ("per class: lowest", "accepted_fraction_class_min"), ("median", "accepted_fraction_class_median"),
+        ]) + _figure(figures.get("accepted_fraction_histogram")) + "</section>")
     if "boundaries" in metrics:
         sections.append(
             "<section><h2>Identity boundaries</h2><div class=\"row\"><div>" + _table(metrics, [

@@ -72,12 +72,18 @@ def _boundary_metrics(path: Path) -> dict[str, Any]:
     return metrics
 
 
+# The identity filter's counts and acceptance (exfacegan.stages.identity_filter), shown when stats.json has them.
+FILTER_STATS = ("rejected_reference_similarity", "rejected_cross_similarity", "accepted_fraction",
+                "accepted_fraction_class_min", "accepted_fraction_class_median", "accepted_fraction_per_class")
+
+
 def _face_metrics(path: Path) -> dict[str, Any]:
     stats = json.loads(Path(path).read_text())
     attempted, dropped = int(stats["attempted"]), int(stats["dropped"])
     return {"faces_attempted": attempted, "faces_dropped": dropped,
             "dropped_fraction": dropped / attempted if attempted else 0.0,
-            "faces_redrawn": int(stats.get("redrawn", 0)), "classes_short": int(stats.get("classes_short", 0))}
+            "faces_redrawn": int(stats.get("redrawn", 0)), "classes_short": int(stats.get("classes_short", 0)),
+            **{key: stats[key] for key in FILTER_STATS if key in stats}}
 
 
 def _grid_identities(dataset: ImageFolderDataset, identities: int, images: int) -> list[tuple[str, torch.Tensor]]:
@@ -179,6 +185,12 @@ def _figures(out_dir: Path, scores: PairScores, metrics: dict[str, Any], boundar
         figures.append(value_histogram(
             out_dir / "val_accuracy_histogram.png", boundaries["val_accuracy"][boundaries["valid"].astype(bool)],
             name="val_accuracy_histogram", title="Boundary validation accuracy", xlabel="validation accuracy",
+        ))
+    if {"rejected_reference_similarity", "rejected_cross_similarity"} & metrics.keys():
+        figures.append(value_histogram(
+            out_dir / "accepted_fraction_histogram.png", np.array(list(metrics["accepted_fraction_per_class"].values())),
+            name="accepted_fraction_histogram", title="Identity filter: faces kept per identity",
+            xlabel="fraction of the rendered faces kept", bins=20,
         ))
     if grid:
         figures.append(identity_grid(out_dir / "identity_grid.png", grid))

@@ -183,11 +183,7 @@ class _Renderer:
     def __call__(self, draws: list[Draw]) -> list[tuple[bool, str]]:
         spec = self.spec
         codes, attribute_seeds = draw_codes(draws, self.latents, self.normals, spec.offsets)
-        images = synthesize(self.generator, torch.from_numpy(codes).to(self.device), truncation=spec.truncation,
-                            noise_mode=spec.noise_mode, seeds=torch.from_numpy(attribute_seeds),
-                            precision=spec.precision)
-        faces, found = self.aligner(images)
-        faces, found = to_uint8(faces), found.bool().cpu().tolist()
+        faces, found = render_faces(self.generator, self.aligner, codes, attribute_seeds, spec, self.device)
         rejected = _rejections(faces, found, draws, self.accept)
         kept = [i for i, reason in enumerate(rejected) if not reason]
         paths = [self.dataset / _image_path(draws[i], spec.image_format) for i in kept]
@@ -196,6 +192,15 @@ class _Renderer:
         write_images(paths, faces[torch.tensor(kept, dtype=torch.long, device=faces.device)].cpu(),
                      quality=spec.jpeg_quality)
         return list(zip(found, rejected))
+
+
+def render_faces(generator: nn.Module, aligner: nn.Module, codes: np.ndarray, attribute_seeds: np.ndarray,
+                 spec: GenerateSpec, device: Any) -> tuple[torch.Tensor, list[bool]]:
+    """uint8 aligned faces [M, 3, H, W] of these codes, as the dataset saves them, and whether each was found."""
+    images = synthesize(generator, torch.from_numpy(codes).to(device), truncation=spec.truncation,
+                        noise_mode=spec.noise_mode, seeds=torch.from_numpy(attribute_seeds), precision=spec.precision)
+    faces, found = aligner(images)
+    return to_uint8(faces), found.bool().cpu().tolist()
 
 
 def _rejections(faces: torch.Tensor, found: list[bool], draws: list[Draw], accept: Sequence[Acceptance]) -> list[str]:
@@ -263,7 +268,7 @@ def finalize(out_dir: Path) -> GenerateArtifacts:
     return artifacts
 
 
-def generate_stats(rows: list[dict]) -> dict[str, int]:
+def generate_stats(rows: list[dict]) -> dict[str, Any]:
     """Counts over every render: attempted, redrawn (renders past a slot's first draw), rejected per test,
     dropped (slots left empty), images, classes with an image, and classes short of their slots."""
     slots = Counter((row["class"], row["k"]) for row in rows)
@@ -280,7 +285,21 @@ def generate_stats(rows: list[dict]) -> dict[str, int]:
     reasons = Counter(row["rejected"] for row in rows if row["rejected"])
     stats.update({f"rejected_{reason}": count for reason, count in sorted(reasons.items())})
     stats.setdefault(f"rejected_{NO_FACE}", 0)
-    return stats
+    return {**stats, **_acceptance(rows)}
+
+
+def _acceptance(rows: list[dict]) -> dict[str, Any]:
+    """Of the renders that showed a face, the fraction every acceptance test kept: overall, its lowest and median
+    value over classes, and per class (1.0 when there is no test beyond finding a face)."""
+    faces = Counter(int(row["class"]) for row in rows if int(row["found"]))
+    kept = Counter(int(row["class"]) for row in rows if int(row["found"]) and not row["rejected"])
+    per_class = {f"{cls:05d}": kept[cls] / faces[cls] for cls in sorted(faces)}
+    if not per_class:
+        return {}
+    rates = np.array(list(per_class.values()))
+    return {"accepted_fraction": sum(kept.values()) / sum(faces.values()),
+            "accepted_fraction_class_min": float(rates.min()), "accepted_fraction_class_median": float(np.median(rates)),
+            "accepted_fraction_per_class": per_class}
 
 
 def _write_rows(path: Path, rows: list[dict]) -> None:

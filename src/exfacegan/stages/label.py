@@ -6,10 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from exfacegan.data.artifacts import save_npz
 from exfacegan.errors import ConfigError
-from exfacegan.label import identity_labels
+from exfacegan.label import distinct_references, identity_labels
 
 
 @dataclass(frozen=True)
@@ -27,19 +28,27 @@ def label(
     threshold: str | float = "median",
     margin: float = 0.0,
     chunk_size: int = 1024,
+    max_similarity: float | None = None,
+    device: str | torch.device = "cpu",
 ) -> LabelArtifacts:
     """Each reference is labelled against a pool: the first `pool_size` codes whose face was found (all of them
     by default; the paper code: 5,000, so each of its 5,000 references is compared with the other 4,999).
-    References are the first `num_references` codes of the pool (the whole pool by default); the median
-    threshold is taken over the other pooled codes. Codes outside the pool or without a face get label -1.
+    References are the first `num_references` codes of the pool (the whole pool by default); with
+    `max_similarity` (references.max_similarity), the first that many chosen greedily in seed order from the
+    pool, each less similar than the bound to every reference chosen before it (`distinct_references`, on
+    `device`). The median threshold is taken over the other pooled codes. Codes outside the pool or without a
+    face get label -1.
     """
     candidates = np.flatnonzero(found)
     pool = candidates[:_count("label.pool_size", pool_size, candidates, len(found))]
-    count = _count("label.num_references", num_references, pool, len(found))
-    references = pool[:count]
-    labels = np.full((count, len(found)), -1, dtype=np.int8)
+    if max_similarity is None:
+        positions = np.arange(_count("label.num_references", num_references, pool, len(found)))
+    else:
+        positions = distinct_references(embeddings[pool], max_similarity, num_references, chunk_size, device=device)
+    references = pool[positions]
+    labels = np.full((len(positions), len(found)), -1, dtype=np.int8)
     labels[:, pool] = identity_labels(
-        embeddings[pool], np.arange(count), threshold=threshold, margin=margin, chunk_size=chunk_size
+        embeddings[pool], positions, threshold=threshold, margin=margin, chunk_size=chunk_size
     )
     artifacts = LabelArtifacts(Path(out_dir) / "labels.npz")
     save_npz(artifacts.labels, labels=labels, references=references)
