@@ -98,7 +98,9 @@ def add_report_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=report)
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_report_parser]
+from exfacegan.cli_compare import add_compare_parser
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_report_parser, add_compare_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,6 +11,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from exfacegan.errors import ExFaceGANError
+from exfacegan.sweep import sweep_continues
 
 # The configs live in the checkout's top-level conf/ (the package is installed editable from it), so
 # this resolves from any working directory.
@@ -36,7 +37,8 @@ def main(cfg: DictConfig) -> None:
         _discard_unstarted_stages(cfg)
         log.error("%s", cause)
         print(f"exfacegan: error: {cause}", file=sys.stderr)
-        sys.exit(2)
+        if not sweep_continues():  # in a sweep, CompareCallback reports the failed jobs and exits 2 at its end
+            sys.exit(2)
 
 
 def _discard_unstarted_stages(cfg: DictConfig) -> None:

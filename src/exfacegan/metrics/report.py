@@ -17,7 +17,7 @@ from exfacegan.data.artifacts import save_text
 from exfacegan.metrics.plots import Figure
 
 RATE_KEYS = {"eer", "fmr100", "fmr1000", "dropped_fraction", "val_accuracy_mean", "val_accuracy_median",
-             "val_accuracy_min", "val_accuracy_max", "train_accuracy_mean"}
+             "val_accuracy_min", "val_accuracy_max", "train_accuracy_mean", "acceptance"}
 LOWEST_CLASSES_SHOWN = 10
 
 CSS = """
