@@ -198,6 +198,6 @@ def _columns(parameters: list[str], rows: list[dict[str, Any]]) -> list[Column]:
     numbers += [(key, key.replace("_", " ", 1)) for key in sorted(present) if key.startswith("rejected_")]
     numbers += [(f"seconds_{stage}", f"{stage} s") for stage in STAGES] + [("seconds_total", "total s")]
     return ([Column("job", "job", "number"), Column("status", "status", "text")]
-            + [Column(key, key, "parameter") for key in parameters]
+            + [Column(key, key, "parameter") for key in parameters] + [Column("report", "report", "text")]
             + [Column(key, label, "number") for key, label in numbers if key in present]
-            + [Column("error", "error", "text"), Column("report", "report", "text")])
+            + [Column("error", "error", "text")])
