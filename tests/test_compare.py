@@ -1,7 +1,6 @@
 """The sweep comparison page: a fake 2x2 sweep folder (one job failed) read back against the files it was built
 from; the real callback at the end of a tiny multirun; the page in headless Chromium; the W&B summary table."""
 
-import importlib.util
 import json
 import math
 import re
@@ -15,6 +14,7 @@ import matplotlib.axes
 import pytest
 import yaml
 from PIL import Image
+from test_report import _screenshot_module  # pipelines/screenshot_report.py, loaded from its path
 
 from exfacegan.cli import main as cli_main
 from exfacegan.metrics.compare import write_compare
@@ -87,7 +87,7 @@ def test_the_table_holds_each_jobs_overrides_and_the_numbers_of_its_files(tmp_pa
     assert [(row["label.threshold"], row["boundary.margin"]) for row in rows] == JOBS
     assert [row["status"] for row in rows] == ["done", "done", "done", "failed"]
     for job in range(3):
-        row, metrics, stats = rows[job], _metrics(job), _stats(job)
+        row, metrics = rows[job], _metrics(job)
         for key in ("eer", "fmr100", "fmr1000", "fdr", "d_prime", "genuine_mean", "impostor_mean", "boundaries",
                     "boundaries_valid"):
             assert row[key] == metrics[key], key
@@ -143,14 +143,6 @@ def test_one_line_per_other_parameter_value_in_each_metric_plot(tmp_path: Path, 
     assert by_threshold[1] == ("boundary.margin=0.05", [0], [_metrics(1)["eer"]])
     page = (tmp_path / "compare.html").read_text()
     assert page.count('src="data:image/png;base64,') == 2 and "<script" in page and "http" not in page
-
-
-def _screenshot_module():
-    path = Path(__file__).resolve().parents[1] / "pipelines" / "screenshot_report.py"
-    spec = importlib.util.spec_from_file_location("screenshot_report", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_the_numbers_shown_are_those_of_compare_json(tmp_path: Path):
