@@ -119,6 +119,24 @@ def test_jobs_planned_but_never_started_and_errors_found_only_in_the_log(tmp_pat
     assert (rows[3]["label.threshold"], rows[3]["boundary.margin"], rows[3]["folder"]) == ("0.8", "0.05", None)
 
 
+def test_jobs_that_write_to_a_shared_run_dir_are_read_from_it(tmp_path: Path):
+    """pipelines/paper_sg2_*.sh sweep generate shards into one run_dir: each job's job.json names it."""
+    sweep = make_sweep(tmp_path / "sweep", jobs=range(2))
+    shared = tmp_path / "run"
+    _write(shared / "analyze" / "metrics.json", _metrics(7))
+    (shared / "analyze" / "report.html").write_text("<html></html>")
+    for job in range(2):
+        shutil.rmtree(sweep / str(job) / "analyze")
+        _write(sweep / str(job) / "job.json", {"status": "done", "run_dir": str(shared)})
+    (sweep / "multirun.yaml").unlink()
+    rows = read_sweep(sweep).rows
+    assert [row["status"] for row in rows] == ["done", "done"]
+    assert [row["eer"] for row in rows] == [_metrics(7)["eer"]] * 2
+    assert rows[0]["report"] == "../run/analyze/report.html"
+    (shared / "analyze" / "metrics.json").unlink()  # shards done, nothing merged or analysed yet: still done
+    assert [(row["status"], "eer" in row) for row in read_sweep(sweep).rows] == [("done", False)] * 2
+
+
 def test_one_line_per_other_parameter_value_in_each_metric_plot(tmp_path: Path, monkeypatch):
     drawn: list[tuple[str, list, list]] = []  # (label, x, y) of every line, in drawing order
     original = matplotlib.axes.Axes.plot
@@ -244,6 +262,8 @@ def test_a_real_multirun_ends_with_the_page_written_by_its_callback(tmp_path: Pa
     assert [(row["job"], row["status"], row["label.threshold"]) for row in stored["rows"]] == [
         (0, "done", "median"), (1, "failed", "1.5"), (2, "done", "0.8")]
     assert (sweep / "1" / "error.txt").read_text().startswith("label.threshold must be")
+    assert not (sweep / "1" / "job.json").exists() and not (sweep / "0" / "error.txt").exists()
+    assert json.loads((sweep / "0" / "job.json").read_text()) == {"status": "done", "run_dir": str(sweep / "0")}
     for row in (stored["rows"][0], stored["rows"][2]):
         metrics = json.loads((sweep / str(row["job"]) / "analyze" / "metrics.json").read_text())
         stats = json.loads((sweep / str(row["job"]) / "generate" / "stats.json").read_text())

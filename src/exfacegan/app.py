@@ -24,7 +24,7 @@ from exfacegan.loggers import build_logger
 from exfacegan.metrics.sweep_table import TIMINGS_FILE
 from exfacegan.pipeline import RunDirectory, StageCache, fingerprint
 from exfacegan.provenance import write_provenance
-from exfacegan.sweep import records_errors
+from exfacegan.sweep import records_outcome
 
 log = logging.getLogger("exfacegan")
 
@@ -195,7 +195,7 @@ RUNNERS: dict[str, Callable[..., Any]] = {
 }
 
 
-@records_errors
+@records_outcome
 def run_pipeline(cfg: DictConfig) -> RunDirectory:
     validate_config(cfg)
     stages = [stage for stage in STAGES if stage in cfg.stages]

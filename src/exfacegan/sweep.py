@@ -1,4 +1,4 @@
-"""Multirun sweeps: each job records its failure in `error.txt`, and `CompareCallback` (registered in
+"""Multirun sweeps: each job records how it ended (`error.txt` or `job.json`), and `CompareCallback` (registered in
 conf/config.yaml under hydra.callbacks) writes the sweep's comparison page after every job and at the end,
 logs the table to a W&B summary run in the sweep's group, and ends the sweep with status 2 if a job failed.
 """
@@ -17,9 +17,9 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from exfacegan.data.artifacts import save_text
+from exfacegan.data.artifacts import save_json, save_text
 from exfacegan.errors import ExFaceGANError
-from exfacegan.metrics.sweep_table import ERROR_FILE, SweepTable
+from exfacegan.metrics.sweep_table import ERROR_FILE, JOB_FILE, SweepTable
 
 log = logging.getLogger("exfacegan")
 T = TypeVar("T")
@@ -42,20 +42,25 @@ def one_line(error: BaseException) -> str:
     return text if cause is not None else f"{type(error).__name__}: {text}".rstrip(": ")
 
 
-def records_errors(task: Callable[..., T]) -> Callable[..., T]:
-    """In a multirun job, write the one-line reason of a failure to `<job dir>/error.txt` (cleared on a rerun)."""
+def records_outcome(task: Callable[..., T]) -> Callable[..., T]:
+    """In a multirun job, record how `task` ended in the job folder: `error.txt` (the one-line reason) or
+    `job.json` (done, and the run folder it wrote, which `run_dir` may place elsewhere); a rerun clears both."""
 
     @functools.wraps(task)
     def wrapper(*args: Any, **kwargs: Any) -> T:
         folder = _sweep_job_dir()
         if folder is None:
             return task(*args, **kwargs)
-        (folder / ERROR_FILE).unlink(missing_ok=True)
+        for name in (ERROR_FILE, JOB_FILE):
+            (folder / name).unlink(missing_ok=True)
         try:
-            return task(*args, **kwargs)
+            result = task(*args, **kwargs)
         except Exception as error:
             save_text(folder / ERROR_FILE, one_line(error) + "\n")
             raise
+        root = getattr(result, "root", folder)
+        save_json(folder / JOB_FILE, {"status": "done", "run_dir": str(Path(root).resolve())})
+        return result
 
     return wrapper
 

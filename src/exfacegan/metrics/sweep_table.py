@@ -2,12 +2,13 @@
 
 A job is a folder with `.hydra/overrides.yaml`; jobs that `multirun.yaml` plans (Hydra's basic sweeper)
 but that never started appear as `not started`. A job is `failed` when it left `error.txt` (or an ERROR
-line in its log), `done` when `analyze/metrics.json` exists, and `unfinished` otherwise.
+line in its log), `done` when it left `job.json` (or `analyze/metrics.json`), and `unfinished` otherwise.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from exfacegan.data.artifacts import load_json
 from exfacegan.errors import DataError
 
 ERROR_FILE = "error.txt"
+JOB_FILE = "job.json"  # written by a job that ended without error
 TIMINGS_FILE = "timings.json"
 STAGES = ("sample", "label", "fit", "generate", "analyze")
 # (key in analyze/metrics.json, column title)
@@ -124,29 +126,29 @@ def _unstarted_row(number: int, overrides: list[str]) -> dict[str, Any]:
 
 def _job_row(number: int, sweep_dir: Path, folder: Path) -> dict[str, Any]:
     overrides = _overrides(OmegaConf.to_container(OmegaConf.load(folder / ".hydra" / "overrides.yaml")) or [])
-    report = folder / "analyze" / "report.html"
+    ended = load_json(folder / JOB_FILE) if (folder / JOB_FILE).is_file() else {}
+    run = Path(ended.get("run_dir", folder))  # run_dir= puts a job's artifacts outside its Hydra folder
+    report = run / "analyze" / "report.html"
     row: dict[str, Any] = {"job": number, "folder": folder.relative_to(sweep_dir).as_posix(),
-                           "report": report.relative_to(sweep_dir).as_posix() if report.is_file() else None,
+                           "report": _relative(report, sweep_dir) if report.is_file() else None,
                            "overrides": overrides}
-    row.update(_outcome(folder))
-    row["status"], row["error"] = _status(folder)
+    row.update(_outcome(run))
+    row["status"], row["error"] = _status(folder, run, bool(ended))
     return row
 
 
-def _status(folder: Path) -> tuple[str, str | None]:
+def _relative(path: Path, start: Path) -> str:
+    return Path(os.path.relpath(path.resolve(), start.resolve())).as_posix()
+
+
+def _status(folder: Path, run: Path, ended: bool) -> tuple[str, str | None]:
     error = _error_line(folder)
     if error is not None:
         return "failed", error
-    finished = [stage for stage in STAGES if (folder / stage / "fingerprint.json").is_file()]
-    if (folder / "analyze" / "metrics.json").is_file() or _wanted_stages(folder) <= set(finished):
+    if ended or (run / "analyze" / "metrics.json").is_file():
         return "done", None
+    finished = [stage for stage in STAGES if (run / stage / "fingerprint.json").is_file()]
     return "unfinished", f"stopped or still running; finished stages: {', '.join(finished) or 'none'}"
-
-
-def _wanted_stages(folder: Path) -> set[str]:
-    path = folder / ".hydra" / "config.yaml"
-    stages = OmegaConf.select(OmegaConf.load(path), "stages", default=None) if path.is_file() else None
-    return {"generate" if stage == "merge" else str(stage) for stage in (stages or ["analyze"])}
 
 
 def _error_line(folder: Path) -> str | None:
