@@ -338,3 +338,20 @@ def test_wandb_summary_run_holds_the_table_and_each_job_its_metrics(tmp_path: Pa
     run, summary = _offline_run(job)
     assert run.run_group == sweep.name
     assert (summary["fit/seconds"], summary["analyze/eer"]) == (1.5, 0.125) and "analyze/embedder" not in summary
+
+
+def test_a_failed_jobs_line_is_the_user_error_behind_hydras_wrapper_else_the_exceptions_first_line():
+    from hydra.errors import InstantiationException
+
+    from exfacegan.errors import CheckpointError
+    from exfacegan.sweep import one_line
+
+    try:
+        try:
+            raise CheckpointError("no checkpoint at /x.pth; pass embedder.network.checkpoint=...")
+        except CheckpointError as error:
+            raise InstantiationException("Error in call to target 'load':\nCheckpointError(...)") from error
+    except InstantiationException as wrapped:
+        assert one_line(wrapped) == "no checkpoint at /x.pth; pass embedder.network.checkpoint=..."
+    assert one_line(RuntimeError("CUDA out of memory.\nTried to allocate 2 GiB")) == "RuntimeError: CUDA out of memory."
+    assert one_line(KeyError()) == "KeyError"
