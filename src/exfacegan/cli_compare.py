@@ -22,9 +22,7 @@ def compare(args: argparse.Namespace) -> int:
         multirun = sweep_dir / "multirun.yaml"
         node = OmegaConf.select(OmegaConf.load(multirun), "logger") if multirun.is_file() else None
         log_sweep(table, node if node is not None else OmegaConf.create({"_target_": "exfacegan.loggers.WandbLogger"}))
-    counts = ", ".join(f"{table.count(status)} {status}" for status in ("done", "failed", "unfinished", "not started")
-                       if table.count(status))
-    print(f"{len(table.rows)} jobs ({counts}); swept: {', '.join(table.parameters) or 'nothing'}")
+    print(f"{len(table.rows)} jobs ({table.counts()}); swept: {', '.join(table.parameters) or 'nothing'}")
     print(f"compare: {sweep_dir / 'compare.html'}")
     return 0
 

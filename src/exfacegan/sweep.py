@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from exfacegan.data.artifacts import save_json, save_text
 from exfacegan.errors import ExFaceGANError
-from exfacegan.metrics.sweep_table import ERROR_FILE, JOB_FILE, SweepTable
+from exfacegan.metrics.sweep_table import ERROR_FILE, JOB_FILE, STATUSES, SweepTable
 
 log = logging.getLogger("exfacegan")
 T = TypeVar("T")
@@ -83,8 +83,7 @@ def log_sweep(table: SweepTable, logger_node: DictConfig | None) -> None:
     try:
         keys = [column.key for column in table.columns]
         logger.log_table("compare/jobs", keys, [[row.get(key) for key in keys] for row in table.rows])
-        logger.log_metrics({f"jobs_{status.replace(' ', '_')}": table.count(status)
-                            for status in ("done", "failed", "unfinished", "not started")}, "compare")
+        logger.log_metrics({f"jobs_{status.replace(' ', '_')}": table.count(status) for status in STATUSES}, "compare")
     finally:
         logger.finish()
 

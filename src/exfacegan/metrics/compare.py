@@ -143,8 +143,6 @@ def _jobs_table(table: SweepTable) -> str:
 
 
 def _page(table: SweepTable, figures: list[Figure]) -> str:
-    counts = ", ".join(f"{table.count(status)} {status}" for status in ("done", "failed", "unfinished", "not started")
-                       if table.count(status))
     common = html.escape(" ".join(table.common)) or "none"
     plots = "".join(f'<section><h2>{html.escape(figure.title)}</h2><figure><img alt="{html.escape(figure.title)}" '
                     f'src="{figure.data_uri}"></figure></section>' for figure in figures)
@@ -154,7 +152,7 @@ def _page(table: SweepTable, figures: list[Figure]) -> str:
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<title>{title}</title><style>{PAGE_CSS}</style></head><body><main>"
-        f'<h1>{title}</h1><p class="sub">{html.escape(str(table.sweep_dir))} · {len(table.rows)} jobs: {counts}'
+        f'<h1>{title}</h1><p class="sub">{html.escape(str(table.sweep_dir))} · {len(table.rows)} jobs: {table.counts()}'
         f"<br>swept: {html.escape(', '.join(table.parameters)) or 'nothing'} · common overrides: {common}</p>"
         f"<section><h2>Jobs</h2>{_jobs_table(table)}"
         '<p class="note">Click a column to sort by it (again to reverse). Rates in %; times in seconds per stage '

@@ -25,6 +25,7 @@ ERROR_FILE = "error.txt"
 JOB_FILE = "job.json"  # written by a job that ended without error
 TIMINGS_FILE = "timings.json"
 STAGES = ("sample", "label", "fit", "generate", "analyze")
+STATUSES = ("done", "failed", "unfinished", "not started")
 # (key in analyze/metrics.json, column title)
 OUTCOME = (("eer", "EER"), ("fmr100", "FMR100"), ("fmr1000", "FMR1000"), ("fdr", "FDR"), ("d_prime", "d′"),
            ("genuine_mean", "genuine mean"), ("impostor_mean", "impostor mean"),
@@ -49,6 +50,10 @@ class SweepTable:
 
     def count(self, status: str) -> int:
         return sum(row["status"] == status for row in self.rows)
+
+    def counts(self) -> str:
+        """E.g. '3 done, 1 failed'."""
+        return ", ".join(f"{self.count(status)} {status}" for status in STATUSES if self.count(status))
 
     def as_json(self) -> dict[str, Any]:
         return {"sweep_dir": str(self.sweep_dir), "parameters": self.parameters, "common_overrides": self.common,
