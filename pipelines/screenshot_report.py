@@ -1,6 +1,7 @@
 """Open a report.html in headless Chromium, save a screenshot, and check it against metrics.json.
 
     python pipelines/screenshot_report.py RUN/analyze/report.html [--metrics metrics.json] [--out shot.png]
+    python pipelines/screenshot_report.py SWEEP/compare.html       # a sweep's page, against compare.json
 
 Fails (exit 1, one line per problem) when Chromium exits non-zero, writes no screenshot, or logs a
 console error or a failed resource load; when the page refers to anything but inline data: URIs; or
@@ -38,11 +39,13 @@ class TaggedNumbers(HTMLParser):
         super().__init__()
         self.numbers: list[tuple[str, str, str]] = []
         self.links: list[str] = []
+        self.sources: list[str] = []  # what the page loads; a relative href is a link to a local file
         self._open: list[str] | None = None
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         found = dict(attrs)
         self.links += [found[k] or "" for k in ("src", "href") if k in found]
+        self.sources += [found["src"] or ""] if "src" in found else []
         if "data-metric" in found:
             self._open = [found["data-metric"] or "", found.get("data-value") or "", ""]
 
@@ -64,13 +67,10 @@ def check_numbers(html_text: str, metrics: dict) -> list[str]:
     if not parser.numbers:
         problems.append("the report shows no tagged numbers")
     for key, value, text in parser.numbers:
-        if key.startswith("per_class_genuine_mean."):
-            expected = metrics.get("per_class_genuine_mean", {}).get(key.split(".", 1)[1])
-        else:
-            expected = metrics.get(key)
+        expected = _lookup(metrics, key)
         if expected is None:
             problems.append(f"{key} is shown ({text}) but is not in metrics.json")
-        elif value != repr(expected) or text != format_value(key, expected):
+        elif value != repr(expected) or text != format_value(key.rpartition(".")[2], expected):
             problems.append(f"{key}: the report shows {text} (value {value}), metrics.json has {expected!r}")
         elif isinstance(expected, float) and math.isfinite(expected):
             shown = float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
@@ -78,8 +78,23 @@ def check_numbers(html_text: str, metrics: dict) -> list[str]:
             if abs(shown - expected) > 0.51 * 10**-decimals:
                 problems.append(f"{key}: shown {text} does not round {expected!r}")
     problems += [f"the report loads {link[:60]!r}, not an inline data: URI" for link in parser.links
-                 if not link.startswith("data:")]
+                 if not link.startswith("data:") and (link in parser.sources or "://" in link)]
     return problems
+
+
+def _lookup(metrics: dict, key: str):
+    """metrics[key], else the value its dotted path names (per_class_genuine_mean.00003, rows.2.eer)."""
+    if key in metrics:
+        return metrics[key]
+    node = metrics
+    for part in key.split("."):
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return None
+    return node
 
 
 def screenshot(report: Path, out: Path, *, width: int = 1200, height: int = 3200, timeout: int = 120) -> list[str]:
@@ -114,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report.is_file():
         print(f"screenshot_report: error: {args.report} does not exist", file=sys.stderr)
         return 2
-    metrics_path = args.metrics or args.report.with_name("metrics.json")
+    beside = "compare.json" if args.report.name == "compare.html" else "metrics.json"
+    metrics_path = args.metrics or args.report.with_name(beside)
     out = args.out or args.report.with_name("report_screenshot.png")
     problems = check_numbers(args.report.read_text(), json.loads(metrics_path.read_text()))
     problems += screenshot(args.report, out, width=args.width, height=args.height)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,12 +17,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from exfacegan.config import validate_config
-from exfacegan.data.artifacts import save_text
+from exfacegan.data.artifacts import load_json, save_json, save_text
 from exfacegan.devices import resolve_device
 from exfacegan.gans.latent import Truncation
 from exfacegan.loggers import build_logger
+from exfacegan.metrics.sweep_table import TIMINGS_FILE
 from exfacegan.pipeline import RunDirectory, StageCache, fingerprint
 from exfacegan.provenance import write_provenance
+from exfacegan.sweep import records_outcome
 
 log = logging.getLogger("exfacegan")
 
@@ -203,6 +206,7 @@ RUNNERS: dict[str, Callable[..., Any]] = {
 }
 
 
+@records_outcome
 def run_pipeline(cfg: DictConfig) -> RunDirectory:
     validate_config(cfg)
     stages = [stage for stage in STAGES if stage in cfg.stages]
@@ -240,12 +244,15 @@ def _run_stage(stage: str, cfg: DictConfig, run: RunDirectory, fingerprints: dic
         return
     for needed in UPSTREAM.get(stage_dir, ()):
         run.check_finished(needed, fingerprints[needed], needed_by=stage)
+    start = time.perf_counter()
     if stage != "merge" and cache is not None and cache.fetch(stage_dir, expected, run.stage_dir(stage_dir)):
         log.info("%s: reused the cached result %s", stage, cache.entry(stage_dir, expected))
+        _record_time(run.root, stage, time.perf_counter() - start, "cached", logger)
         return
     out = run.begin(stage_dir, expected, overwrite=cfg.overwrite)
     log.info("%s: running in %s", stage, out)
     complete = RUNNERS[stage](cfg, run, out, parts, logger)
+    _record_time(run.root, stage, time.perf_counter() - start, "ran" if complete is not False else "partial", logger)
     if complete is False:
         return
     run.commit(stage_dir)
@@ -254,6 +261,15 @@ def _run_stage(stage: str, cfg: DictConfig, run: RunDirectory, fingerprints: dic
     log.info("%s: done, in %s", stage, run.stage_dir(stage_dir))
     if stage == "analyze":
         log.info("open the identity report: %s", run.stage_dir(stage_dir) / "report.html")
+
+
+def _record_time(root: Path, stage: str, seconds: float, how: str, logger: Any) -> None:
+    """Wall time of a stage's last execution in this run folder, in `timings.json` (and the W&B summary)."""
+    path = root / TIMINGS_FILE
+    timings = load_json(path) if path.is_file() else {}
+    timings[stage] = {"seconds": round(seconds, 3), "how": how}
+    save_json(path, timings)
+    logger.log_metrics({"seconds": round(seconds, 3)}, stage)
 
 
 def _parallel_job_number(hydra_cfg: Any) -> int | None:

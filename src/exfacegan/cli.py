@@ -118,8 +118,10 @@ def add_report_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=report)
 
 
+from exfacegan.cli_compare import add_compare_parser
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_report_parser, add_export_parser,
-                                                                   add_offsets_parser]
+                                                                   add_offsets_parser, add_compare_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,5 @@
-"""Experiment loggers. Stages call `log_metrics` and `log_image`; the app always calls `finish`."""
+"""Experiment loggers. Stages call `log_metrics` and `log_image` (a sweep's summary `log_table`); the app always
+calls `finish`."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ class NullLogger:
         pass
 
     def log_image(self, name: str, path: Path) -> None:
+        pass
+
+    def log_table(self, name: str, columns: list[str], rows: list[list[Any]]) -> None:
         pass
 
     def finish(self) -> None:
@@ -52,6 +56,9 @@ class WandbLogger(NullLogger):
 
     def log_image(self, name: str, path: Path) -> None:
         self.run.log({name: self._wandb.Image(str(path))})
+
+    def log_table(self, name: str, columns: list[str], rows: list[list[Any]]) -> None:
+        self.run.log({name: self._wandb.Table(columns=columns, data=rows, allow_mixed_types=True)})
 
     def finish(self) -> None:
         self.run.finish()

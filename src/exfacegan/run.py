@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from importlib import resources
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from exfacegan.entry import run_hydra_app, run_hydra_task
+from exfacegan.entry import report_errors, run_hydra_app
+from exfacegan.sweep import sweep_continues
 
 # The configs are the top-level conf/. A source checkout (PYTHONPATH=src, or installed editable) reads its own
 # copy; an installed wheel carries it as the package exfacegan.conf. Either resolves from any working directory.
@@ -29,7 +31,9 @@ def app(cfg: DictConfig) -> None:
 
     if os.environ.get("SLURM_PROCID", "0") != "0":  # one log per array task, not per rank
         logging.getLogger().setLevel(logging.WARNING)
-    run_hydra_task(lambda: run_pipeline(cfg), cleanup=lambda: _discard_unstarted_stages(cfg))
+    status = report_errors(lambda: run_pipeline(cfg), cleanup=lambda: _discard_unstarted_stages(cfg))
+    if status and not sweep_continues():  # in a sweep, CompareCallback reports the failed jobs and exits 2 at its end
+        sys.exit(status)
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from exfacegan.metrics.plots import Figure
 
 RATE_KEYS = {"eer", "fmr100", "fmr1000", "dropped_fraction", "val_accuracy_mean", "val_accuracy_median",
              "val_accuracy_min", "val_accuracy_max", "train_accuracy_mean", "accepted_fraction",
-             "accepted_fraction_class_min", "accepted_fraction_class_median"}
+             "accepted_fraction_class_min", "accepted_fraction_class_median", "acceptance"}
 LOWEST_CLASSES_SHOWN = 10
 
 CSS = """
