@@ -11,10 +11,10 @@ from torch import nn
 
 from exfacegan.embedders.iresnet import IResNet, iresnet
 from exfacegan.embedders.preprocess import to_unit_range
-from exfacegan.errors import CheckpointError, ConfigError
+from exfacegan.errors import CheckpointError
+from exfacegan.precision import autocast, autocast_dtype, check_precision
 
 INPUT_SIZE = 112
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Containers some training scripts wrap the backbone's state dict in.
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "backbone", "model")
 
@@ -27,8 +27,7 @@ class IResNetEmbedder(nn.Module):
 
     def __init__(self, network: IResNet, precision: str = "fp32") -> None:
         super().__init__()
-        if precision not in PRECISIONS:
-            raise ConfigError(f"unknown embedder precision {precision!r}; choose one of {sorted(PRECISIONS)}")
+        check_precision(precision)
         self.network = network.eval().requires_grad_(False)
         self.precision = precision
         self.embedding_dim = network.num_features
@@ -39,8 +38,7 @@ class IResNetEmbedder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         device = next(self.network.parameters()).device
-        autocast = self.precision != "fp32" and device.type == "cuda"
-        with torch.inference_mode(), torch.autocast(device.type, dtype=PRECISIONS[self.precision], enabled=autocast):
+        with torch.inference_mode(), autocast(autocast_dtype(self.precision, device), device):
             features = self.network(to_unit_range(images.to(device), INPUT_SIZE))
             embeddings = F.normalize(features.float(), dim=1)
         return embeddings.clone()  # a normal tensor: callers may edit it in place

@@ -26,21 +26,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from exfacegan.errors import ConfigError, DataError
-from exfacegan.gans.layers import (
-    ACTIVATION_GAINS,
-    LRELU_SLOPE,
-    FullyConnectedLayer,
-    check_activation,
-    inplace_ok,
-    is_separable,
-    modulated_conv2d,
-    normalize_2nd_moment,
-    weight_sq_sums,
-    setup_filter,
-    upsample2d,
-)
+from exfacegan.gans.modulated_conv import modulated_conv2d, weight_sq_sums
+from exfacegan.gans.ops.bias_act import ACTIVATION_GAINS, LRELU_SLOPE, check_activation, inplace_ok
+from exfacegan.gans.ops.fc import FullyConnectedLayer, normalize_2nd_moment
+from exfacegan.gans.ops.upfirdn2d import is_separable, setup_filter, upsample2d
+from exfacegan.precision import autocast_dtype, check_precision
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 NOISE_MODES = ("const", "random", "none")
 
 
@@ -377,9 +368,7 @@ class SynthesisNetwork(nn.Module):
 
     @precision.setter
     def precision(self, value: str) -> None:
-        if value not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {sorted(PRECISIONS)}, got {value!r}")
-        self._precision = value
+        self._precision = check_precision(value)
 
     def forward(
         self,
@@ -395,8 +384,7 @@ class SynthesisNetwork(nn.Module):
         if ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.w_dim):
             raise DataError(f"ws has shape {tuple(ws.shape)}, the generator expects [N, {self.num_ws}, {self.w_dim}]")
         fused_modconv = self.fused_modconv if fused_modconv is None else fused_modconv
-        reduced = PRECISIONS[self.precision]
-        use_reduced = reduced != torch.float32 and ws.device.type == "cuda" and not force_fp32
+        reduced = None if force_fp32 else autocast_dtype(self.precision, ws.device)
         ws = ws.to(torch.float32)
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         x = img = None
@@ -405,7 +393,7 @@ class SynthesisNetwork(nn.Module):
             block = getattr(self, f"b{res}")
             block_ws = ws.narrow(1, w_idx, block.num_conv + block.num_torgb)
             w_idx += block.num_conv
-            dtype = reduced if (use_reduced and block.use_fp16) else torch.float32
+            dtype = reduced if (reduced is not None and block.use_fp16) else torch.float32
             x, img = block(x, img, block_ws, dtype=dtype, noise_mode=noise_mode, fused_modconv=fused_modconv, memory_format=memory_format)
         return img.contiguous()
 

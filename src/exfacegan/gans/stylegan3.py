@@ -2,7 +2,7 @@
 
 Computes what NVIDIA's `training.networks_stylegan3.Generator` computes, with the same
 constructor arguments (a pickle's `init_kwargs`) and the same `state_dict()` keys, but runs
-its filtered leaky ReLU through `exfacegan.gans.filters` (polyphase, channels-last, in place)
+its filtered leaky ReLU through `exfacegan.gans.ops.filtered_lrelu` (polyphase, channels-last, in place)
 and its modulated convolutions as one ordinary convolution per layer (styles applied to the
 activations, demodulation to the output), which is what makes it fast on a CPU.
 
@@ -21,42 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from exfacegan.errors import ConfigError, DataError
-from exfacegan.gans.filters import design_lowpass_filter, filtered_lrelu
+from exfacegan.gans.ops.fc import FullyConnectedLayer, normalize_2nd_moment
+from exfacegan.gans.ops.filtered_lrelu import design_lowpass_filter, filtered_lrelu
+from exfacegan.precision import autocast_dtype, check_precision
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def _normalize_2nd_moment(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    return x * (x.square().mean(1, keepdim=True) + eps).rsqrt()
-
-
-class FullyConnectedLayer(nn.Module):
-    """Linear layer with equalised learning rate (weights scaled at run time)."""
-
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        activation: str = "linear",
-        lr_multiplier: float = 1.0,
-        weight_init: float = 1.0,
-        bias_init: float | list[float] = 0.0,
-    ) -> None:
-        super().__init__()
-        self.in_features = in_features
-        self.out_features = out_features
-        self.activation = activation
-        self.weight = nn.Parameter(torch.randn(out_features, in_features) * (weight_init / lr_multiplier))
-        bias = np.broadcast_to(np.asarray(bias_init, dtype=np.float32), [out_features]) / lr_multiplier
-        self.bias = nn.Parameter(torch.from_numpy(bias.astype(np.float32)))
-        self.weight_gain = lr_multiplier / np.sqrt(in_features)
-        self.bias_gain = lr_multiplier
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.addmm(self.bias.to(x.dtype) * self.bias_gain, x, (self.weight.to(x.dtype) * self.weight_gain).t())
-        if self.activation == "lrelu":
-            x = F.leaky_relu(x, 0.2) * np.sqrt(2)
-        return x
 
 
 class MappingNetwork(nn.Module):
@@ -94,12 +62,12 @@ class MappingNetwork(nn.Module):
     ) -> torch.Tensor:
         if z.ndim != 2 or z.shape[1] != self.z_dim:
             raise DataError(f"z has shape {tuple(z.shape)}, the generator expects [N, {self.z_dim}]")
-        x = _normalize_2nd_moment(z.to(torch.float32))
+        x = normalize_2nd_moment(z.to(torch.float32))
         if self.c_dim > 0:
             if c is None or c.ndim != 2 or c.shape != (z.shape[0], self.c_dim):
                 got = None if c is None else tuple(c.shape)
                 raise DataError(f"c has shape {got}, this conditional generator expects [{z.shape[0]}, {self.c_dim}]")
-            x = torch.cat([x, _normalize_2nd_moment(self.embed(c.to(torch.float32)))], dim=1)
+            x = torch.cat([x, normalize_2nd_moment(self.embed(c.to(torch.float32)))], dim=1)
         for idx in range(self.num_layers):
             x = getattr(self, f"fc{idx}")(x)
         if update_emas:
@@ -330,24 +298,21 @@ class SynthesisNetwork(nn.Module):
 
     @precision.setter
     def precision(self, value: str) -> None:
-        if value not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {sorted(PRECISIONS)}, got {value!r}")
-        self._precision = value
+        self._precision = check_precision(value)
 
     def forward(self, ws: torch.Tensor, noise_mode: str = "const", force_fp32: bool = False, update_emas: bool = False) -> torch.Tensor:
         if noise_mode not in ("const", "random", "none"):
             raise DataError(f"noise_mode must be 'const', 'random' or 'none', got {noise_mode!r}")
         if ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.w_dim):
             raise DataError(f"ws has shape {tuple(ws.shape)}, the generator expects [N, {self.num_ws}, {self.w_dim}]")
-        reduced = PRECISIONS[self.precision]
-        use_reduced = reduced != torch.float32 and ws.device.type == "cuda" and not force_fp32
+        reduced = None if force_fp32 else autocast_dtype(self.precision, ws.device)
         ws = ws.to(torch.float32).unbind(dim=1)
         x = self.input(ws[0])
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         x = x.contiguous(memory_format=memory_format)
         for name, w in zip(self.layer_names, ws[1:]):
             layer = getattr(self, name)
-            dtype = reduced if (use_reduced and layer.use_fp16) else torch.float32
+            dtype = reduced if (reduced is not None and layer.use_fp16) else torch.float32
             x = layer(x, w, dtype=dtype, update_emas=update_emas).contiguous(memory_format=memory_format)
         if self.output_scale != 1:
             x = x * self.output_scale
