@@ -38,5 +38,5 @@ def autocast_dtype(precision: str, device: torch.device | str, allow_auto: bool 
 def autocast(dtype: torch.dtype | None, device: torch.device | str) -> Iterator[None]:
     """`torch.autocast` to `dtype` on `device`'s type; a no-op for None (float32)."""
     device_type = torch.device(device).type
-    with torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None):
+    with torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):
         yield

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from exfacegan.embedders.iresnet import IResNet, iresnet
+from exfacegan.embedders.iresnet import STAGE_CHANNELS, IResNet, iresnet
 from exfacegan.embedders.preprocess import to_unit_range
 from exfacegan.errors import CheckpointError
 from exfacegan.precision import autocast, autocast_dtype, check_precision
@@ -87,14 +87,11 @@ def load_iresnet_state(network: IResNet, state: Mapping[str, torch.Tensor], sour
         problems.append(f"shape mismatches (checkpoint vs model): {_short_list(wrong_shape)}")
     if problems:
         raise CheckpointError(
-            f"{source} does not fit IResNet(layers={list(network.layers)}, num_features={network.num_features}): "
+            f"{source} does not fit IResNet(layers={list(network.layers)}, widths={list(network.widths)}, "
+            f"num_features={network.num_features}): "
             + "; ".join(problems) + " - check the architecture (embedder.network.arch) and the checkpoint"
         )
     network.load_state_dict({**expected, **state}, strict=True)
-
-
-def _build(arch: str | Sequence[int], num_features: int) -> IResNet:
-    return iresnet(arch, num_features=num_features) if isinstance(arch, str) else IResNet(list(arch), num_features)
 
 
 def load_iresnet_embedder(
@@ -103,15 +100,17 @@ def load_iresnet_embedder(
     device: str | torch.device = "cpu",
     precision: str = "fp32",
     num_features: int | None = None,
+    widths: Sequence[int] = STAGE_CHANNELS,
 ) -> IResNetEmbedder:
-    """An IResNetEmbedder (iresnet18/34/50/100/200, or block counts per stage) with weights from a `.pth`.
+    """An IResNetEmbedder (iresnet18/34/50/100/200, or block counts per stage; stage `widths`) with
+    weights from a `.pth` (a backbone state dict, or the `backbone.pt` that training writes).
 
     num_features defaults to the checkpoint's embedding size (512 for the public models).
     """
     state = read_state_dict(checkpoint)
     if num_features is None:
         num_features = int(state["features.weight"].shape[0]) if "features.weight" in state else 512
-    network = _build(arch, num_features)
+    network = iresnet(arch, num_features, widths=widths)
     load_iresnet_state(network, state, source=f"checkpoint {checkpoint}")
     return IResNetEmbedder(network, precision).to(device)
 
@@ -126,7 +125,7 @@ def random_iresnet_embedder(
     """An iresnet with random weights from `seed` (not a face model): for smoke runs and tests."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        network = _build(arch, num_features)
+        network = iresnet(arch, num_features)
     return IResNetEmbedder(network, precision).to(device)
 
 
