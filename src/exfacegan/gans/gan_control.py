@@ -40,13 +40,13 @@ from exfacegan.gans.gan_control_controllers import AttributeRanges, Controller, 
 from exfacegan.gans.ops.fc import FullyConnectedLayer
 from exfacegan.gans.ops.upfirdn2d import fir_filter2d, setup_filter, upsample2d
 from exfacegan.gans.recorded import records_init_kwargs
+from exfacegan.gans.stylegan_common import check_synthesis_input
 
 GROUPS: dict[str, tuple[int, int]] = {
     "id": (0, 128), "expression": (128, 192), "orientation": (192, 256), "gamma": (256, 320),
     "age": (320, 384), "hair": (384, 448), "other": (448, 512),
 }
 CONTROLLED_GROUPS = ("orientation", "age", "gamma", "expression")  # those ExFaceGAN randomises
-NOISE_MODES = ("const", "random", "none")
 BLUR_TAPS = (1.0, 3.0, 3.0, 1.0)
 SQRT2 = math.sqrt(2.0)
 W_AVG_SAMPLES = 10_000  # z drawn (seed 0) for mapping.w_avg, which the checkpoints do not hold
@@ -208,10 +208,7 @@ class Synthesis(nn.Module):
         self.torgbs = nn.ModuleList(torgbs)
 
     def forward(self, ws: torch.Tensor, noise_mode: str = "const", **_: object) -> torch.Tensor:
-        if ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.w_dim):
-            raise DataError(f"ws has shape {tuple(ws.shape)}, GAN-Control expects [N, {self.num_ws}, {self.w_dim}]")
-        if noise_mode not in NOISE_MODES:
-            raise DataError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
+        check_synthesis_input(ws, noise_mode, self.num_ws, self.w_dim)
         x = self.const.expand(ws.shape[0], -1, -1, -1)
         x = self.layers[0](x, ws[:, 0], noise_mode)
         image = self.torgbs[0](x, ws[:, 1], None)
@@ -285,24 +282,6 @@ class Generator(nn.Module):
                 value = self.controllers[group](attributes[group].to(ws.device, self.mapping.w_avg.dtype))
                 ws[:, :, start:stop] = value[:, None].to(ws.dtype)
         return ws
-
-
-def small_random_gan_control(seed: int = 0, size: int = 64, n_mlp: int = 2, mid_dim: int = 32, channel_max: int = 32,
-                             channel_multiplier: float = 0.125, controller_mid_dim: int = 32, num_expressions: int = 16,
-                             w_avg_samples: int = W_AVG_SAMPLES) -> Generator:
-    """A small network in the GAN-Control layout (512-d grouped w, all five controllers, an expression
-    bank) with random weights from `seed`: for tests and the smoke experiment, not a face model."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        generator = Generator(size, 512, n_mlp, channel_multiplier, mid_dim=mid_dim, channel_max=channel_max)
-        for layer in generator.synthesis.layers:
-            nn.init.normal_(layer.noise_strength, std=0.1)
-        for group, in_dim in {"orientation": 3, "age": 1, "gamma": 27, "expression": 64, "hair": 3}.items():
-            start, stop = GROUPS[group]
-            generator.add_controller(group, Controller(in_dim, stop - start, n_mlp, controller_mid_dim))
-        generator.set_expressions(torch.randn(num_expressions, 64) * 0.5)
-    generator.mapping.update_w_avg(w_avg_samples)
-    return generator.eval().requires_grad_(False)
 
 
 def small_random_gan_control(seed: int = 0, size: int = 64, n_mlp: int = 2, mid_dim: int = 32, channel_max: int = 32,

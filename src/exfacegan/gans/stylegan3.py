@@ -20,63 +20,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from exfacegan.errors import ConfigError, DataError
-from exfacegan.gans.ops.fc import FullyConnectedLayer, normalize_2nd_moment
+from exfacegan.errors import ConfigError
+from exfacegan.gans.ops.fc import FullyConnectedLayer
 from exfacegan.gans.ops.filtered_lrelu import design_lowpass_filter, filtered_lrelu
-from exfacegan.precision import autocast_dtype, check_precision
+from exfacegan.gans.stylegan_common import MappingNetwork as CommonMapping
+from exfacegan.gans.stylegan_common import PrecisionOption, StyleGenerator, check_synthesis_input
+from exfacegan.precision import autocast_dtype
 
 
 
-class MappingNetwork(nn.Module):
-    def __init__(
-        self,
-        z_dim: int,
-        c_dim: int,
-        w_dim: int,
-        num_ws: int,
-        num_layers: int = 2,
-        lr_multiplier: float = 0.01,
-        w_avg_beta: float = 0.998,
-        freeze_layers: int = 0,
-        freeze_embed: bool = False,
-    ) -> None:
-        super().__init__()
-        del freeze_layers, freeze_embed  # training-only options of the official code
-        self.z_dim, self.c_dim, self.w_dim, self.num_ws = z_dim, c_dim, w_dim, num_ws
-        self.num_layers = num_layers
-        self.w_avg_beta = w_avg_beta
-        self.embed = FullyConnectedLayer(c_dim, w_dim) if c_dim > 0 else None
-        features = [z_dim + (w_dim if c_dim > 0 else 0)] + [w_dim] * num_layers
-        for idx in range(num_layers):
-            layer = FullyConnectedLayer(features[idx], features[idx + 1], activation="lrelu", lr_multiplier=lr_multiplier)
-            setattr(self, f"fc{idx}", layer)
-        self.register_buffer("w_avg", torch.zeros(w_dim))
+class MappingNetwork(CommonMapping):
+    """StyleGAN3's mapping network: the StyleGAN2 one (same keys and arithmetic), two layers by default."""
 
-    def forward(
-        self,
-        z: torch.Tensor,
-        c: torch.Tensor | None = None,
-        truncation_psi: float = 1,
-        truncation_cutoff: int | None = None,
-        update_emas: bool = False,
-    ) -> torch.Tensor:
-        if z.ndim != 2 or z.shape[1] != self.z_dim:
-            raise DataError(f"z has shape {tuple(z.shape)}, the generator expects [N, {self.z_dim}]")
-        x = normalize_2nd_moment(z.to(torch.float32))
-        if self.c_dim > 0:
-            if c is None or c.ndim != 2 or c.shape != (z.shape[0], self.c_dim):
-                got = None if c is None else tuple(c.shape)
-                raise DataError(f"c has shape {got}, this conditional generator expects [{z.shape[0]}, {self.c_dim}]")
-            x = torch.cat([x, normalize_2nd_moment(self.embed(c.to(torch.float32)))], dim=1)
-        for idx in range(self.num_layers):
-            x = getattr(self, f"fc{idx}")(x)
-        if update_emas:
-            self.w_avg.copy_(x.detach().mean(dim=0).lerp(self.w_avg, self.w_avg_beta))
-        x = x.unsqueeze(1).repeat(1, self.num_ws, 1)
-        if truncation_psi != 1:
-            cutoff = self.num_ws if truncation_cutoff is None else truncation_cutoff
-            x[:, :cutoff] = self.w_avg.lerp(x[:, :cutoff], truncation_psi)
-        return x
+    def __init__(self, z_dim: int, c_dim: int, w_dim: int, num_ws: int, num_layers: int = 2, **kwargs: Any) -> None:
+        super().__init__(z_dim, c_dim, w_dim, num_ws, num_layers=num_layers, **kwargs)
 
 
 class SynthesisInput(nn.Module):
@@ -222,7 +179,7 @@ class SynthesisLayer(nn.Module):
         )
 
 
-class SynthesisNetwork(nn.Module):
+class SynthesisNetwork(PrecisionOption, nn.Module):
     def __init__(
         self,
         w_dim: int,
@@ -292,19 +249,8 @@ class SynthesisNetwork(nn.Module):
             setattr(self, name, layer)
             self.layer_names.append(name)
 
-    @property
-    def precision(self) -> str:
-        return self._precision
-
-    @precision.setter
-    def precision(self, value: str) -> None:
-        self._precision = check_precision(value)
-
     def forward(self, ws: torch.Tensor, noise_mode: str = "const", force_fp32: bool = False, update_emas: bool = False) -> torch.Tensor:
-        if noise_mode not in ("const", "random", "none"):
-            raise DataError(f"noise_mode must be 'const', 'random' or 'none', got {noise_mode!r}")
-        if ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.w_dim):
-            raise DataError(f"ws has shape {tuple(ws.shape)}, the generator expects [N, {self.num_ws}, {self.w_dim}]")
+        check_synthesis_input(ws, noise_mode, self.num_ws, self.w_dim)
         reduced = None if force_fp32 else autocast_dtype(self.precision, ws.device)
         ws = ws.to(torch.float32).unbind(dim=1)
         x = self.input(ws[0])
@@ -319,41 +265,10 @@ class SynthesisNetwork(nn.Module):
         return x.to(torch.float32).contiguous()
 
 
-class Generator(nn.Module):
+class Generator(StyleGenerator):
     """StyleGAN3 generator; arguments are the official `init_kwargs` plus `precision` and
     `channels_last` (speed options that leave the result unchanged in fp32)."""
 
-    def __init__(
-        self,
-        z_dim: int,
-        c_dim: int,
-        w_dim: int,
-        img_resolution: int,
-        img_channels: int,
-        mapping_kwargs: dict[str, Any] | None = None,
-        **synthesis_kwargs: Any,
-    ) -> None:
-        super().__init__()
-        self.z_dim, self.c_dim, self.w_dim = z_dim, c_dim, w_dim
-        self.img_resolution, self.img_channels = img_resolution, img_channels
-        self.synthesis = SynthesisNetwork(w_dim=w_dim, img_resolution=img_resolution, img_channels=img_channels, **synthesis_kwargs)
-        self.num_ws = self.synthesis.num_ws
-        mapping_kwargs = dict(mapping_kwargs or {})
-        allowed = {"num_layers", "lr_multiplier", "w_avg_beta", "freeze_layers", "freeze_embed"}
-        unknown = sorted(set(mapping_kwargs) - allowed)
-        if unknown:
-            raise ConfigError(f"unknown StyleGAN3 mapping options {unknown}; allowed: {sorted(allowed)}")
-        self.mapping = MappingNetwork(z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, num_ws=self.num_ws, **mapping_kwargs)
-
-    def forward(
-        self,
-        z: torch.Tensor,
-        c: torch.Tensor | None = None,
-        truncation_psi: float = 1,
-        truncation_cutoff: int | None = None,
-        noise_mode: str = "const",
-        update_emas: bool = False,
-        **synthesis_kwargs: Any,
-    ) -> torch.Tensor:
-        ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff, update_emas=update_emas)
-        return self.synthesis(ws, noise_mode=noise_mode, update_emas=update_emas, **synthesis_kwargs)
+    name = "StyleGAN3"
+    synthesis_class = SynthesisNetwork
+    mapping_class = MappingNetwork
