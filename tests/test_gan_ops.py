@@ -12,6 +12,7 @@ from exfacegan.gans.gan_control import Generator as GANControl
 from exfacegan.gans.gan_control_controllers import Controller
 from exfacegan.gans.ops.bias_act import bias_act
 from exfacegan.gans.ops.upfirdn2d import setup_filter, upsample2d
+from exfacegan.gans.recorded import records_init_kwargs
 
 
 def _upfirdn_up(x, kernel, up, pad):
@@ -56,6 +57,13 @@ def test_gan_control_records_its_constructor_arguments():
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in generator.state_dict().items()}
     controller = Controller(3, 64, n_mlp=2, mid_dim=16)
     assert controller.init_kwargs == {"in_dim": 3, "out_dim": 64, "n_mlp": 2, "mid_dim": 16, "lr_mlp": 0.01}
+
+    @records_init_kwargs
+    class Flat:
+        def __init__(self, a, b=2, **more):
+            pass
+
+    assert Flat(1, c=3).init_kwargs == {"a": 1, "b": 2, "c": 3}  # **kwargs recorded flat: Flat(**init_kwargs) rebuilds
 
 
 def test_no_gans_module_imports_the_gans_package_itself():

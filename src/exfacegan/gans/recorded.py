@@ -21,7 +21,13 @@ def records_init_kwargs(cls: T) -> T:
         bound = signature.bind(self, *args, **kwargs)
         bound.apply_defaults()
         init(self, *args, **kwargs)
-        self.init_kwargs = {name: value for name, value in list(bound.arguments.items())[1:]}
+        recorded: dict[str, Any] = {}
+        for name, value in list(bound.arguments.items())[1:]:
+            kind = signature.parameters[name].kind
+            if kind is inspect.Parameter.VAR_POSITIONAL:
+                raise TypeError(f"{cls.__name__}: *{name} cannot be recorded as keyword arguments")
+            recorded.update(value if kind is inspect.Parameter.VAR_KEYWORD else {name: value})
+        self.init_kwargs = recorded
 
     cls.__init__ = __init__
     return cls
