@@ -5,16 +5,9 @@ import pytest
 import torch
 
 from exfacegan.errors import CheckpointError, DataError
-from exfacegan.gans.gan_control import (
-    GROUPS,
-    AttributeRanges,
-    Generator,
-    generator_key_table,
-    load_gan_control,
-    random_attributes,
-    small_random_gan_control,
-    write_gan_control_folder,
-)
+from exfacegan.gans.gan_control import GROUPS, Generator, small_random_gan_control
+from exfacegan.gans.gan_control_controllers import AttributeRanges, random_attributes
+from exfacegan.gans.gan_control_folder import generator_key_table, load_gan_control, write_gan_control_folder
 from exfacegan.gans.latent import Truncation, synthesize
 
 ID = slice(*GROUPS["id"])

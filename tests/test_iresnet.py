@@ -80,6 +80,17 @@ def test_named_architectures_have_arcface_torch_depths():
         iresnet("iresnet42")
 
 
+def test_narrow_widths_keep_the_arcface_torch_layout():
+    narrow, full = iresnet([1, 1, 1, 1], 128, widths=(16, 32, 64, 128)), iresnet([1, 1, 1, 1], 128)
+    assert narrow.state_dict().keys() == full.state_dict().keys()
+    # stem 3 -> 16; stage 4: 64 -> 128 channels; head: 128 * 7 * 7 features -> 128
+    assert narrow.conv1.weight.shape == (16, 3, 3, 3) and narrow.layer4[0].conv2.weight.shape == (128, 128, 3, 3)
+    assert narrow.fc.weight.shape == (128, 128 * 7 * 7)
+    assert narrow(torch.zeros(2, 3, 112, 112)).shape == (2, 128)
+    with pytest.raises(ConfigError, match="widths"):
+        iresnet("iresnet18", widths=(16, 32, 64))
+
+
 def test_checkpoint_of_another_architecture_names_missing_and_mismatched_keys(tmp_path):
     path = tmp_path / "r18.pth"
     torch.save(iresnet("iresnet18", num_features=128).state_dict(), path)

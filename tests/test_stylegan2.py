@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from exfacegan.errors import ConfigError, DataError
 from exfacegan.gans import build_generator, random_generator
-from exfacegan.gans.layers import fir_filter2d, setup_filter, upsample2d
+from exfacegan.gans.ops.upfirdn2d import fir_filter2d, setup_filter, upsample2d
 from exfacegan.gans.stylegan2 import Generator
 
 GOLDEN = ["sg2_64", "sg2_64_cond"]
@@ -220,7 +220,7 @@ def test_fused_and_shared_modconv_agree_under_autograd():
 @pytest.mark.parametrize("up", [1, 2])
 def test_reduced_precision_modulated_conv_agrees_with_fp32(dtype, up):
     # The fp16 pre-normalisation of weights and styles must cancel in the demodulation.
-    from exfacegan.gans.layers import modulated_conv2d
+    from exfacegan.gans.modulated_conv import modulated_conv2d
 
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(2, 8, 8, 8, generator=generator)

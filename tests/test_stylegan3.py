@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from exfacegan.errors import ConfigError, DataError
-from exfacegan.gans.filters import design_lowpass_filter, filtered_lrelu
+from exfacegan.gans.ops.filtered_lrelu import design_lowpass_filter, filtered_lrelu
 from exfacegan.gans.stylegan3 import Generator
 
 GOLDEN = ["sg3t_64", "sg3r_64"]
@@ -84,7 +84,7 @@ def test_fast_paths_agree_with_golden(golden_dir, name, monkeypatch):
     with torch.no_grad():
         assert rel_err(generator.synthesis(ws).numpy(), io["img_psi07"]) <= 1e-4
     generator.synthesis.channels_last = True
-    monkeypatch.setattr("exfacegan.gans.filters.TMP_BUDGET_BYTES", 1 << 16)
+    monkeypatch.setattr("exfacegan.gans.ops.filtered_lrelu.TMP_BUDGET_BYTES", 1 << 16)
     with torch.no_grad():
         assert rel_err(generator.synthesis(ws).numpy(), io["img_psi07"]) <= 1e-4
 

@@ -9,8 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from exfacegan.train.evaluation import write_bin
-from exfacegan.train.models import SmallIResNet
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from exfacegan.embedders import load_iresnet_embedder
+from exfacegan.run import CONFIG_DIR
+from exfacegan.train.evaluation import read_bin, ten_fold_accuracy, write_bin
 
 CLASSES, PER_CLASS = 4, 9
 
@@ -60,7 +64,7 @@ def _records(out_dir):
 def test_trains_evaluates_on_a_bin_and_resumes(dataset):
     out = dataset / "run_bin"
     args = COMMON + [f"data.root={dataset / 'images'}", f"out_dir={out}", "eval.targets=[pairs]",
-                     f"eval.root={dataset}", "data.num_workers=1"]
+                     f"eval.root={dataset}", "data.num_workers=1", "eval.flip=false"]
     result = _train(args + ["epochs=2"])
     assert result.returncode == 0, result.stderr[-3000:]
     records = _records(out)
@@ -71,8 +75,7 @@ def test_trains_evaluates_on_a_bin_and_resumes(dataset):
         assert set(r["eval"]) == {"pairs"}
         assert r["eval"]["pairs"]["pairs"] == 20 and len(r["eval"]["pairs"]["fold_accuracies"]) == 10
         assert 0.5 <= r["eval"]["pairs"]["accuracy"] <= 1 and r["eval"]["pairs"]["std"] >= 0
-    backbone = SmallIResNet()
-    backbone.load_state_dict(torch.load(out / "backbone.pt", weights_only=True))
+    _check_backbone_loads_as_an_embedder(out / "backbone.pt", dataset / "pairs.bin", records[-1]["eval"]["pairs"])
 
     result = _train(args + ["epochs=3"])  # same settings, one more epoch: resumes
     assert result.returncode == 0, result.stderr[-3000:]
@@ -85,6 +88,23 @@ def test_trains_evaluates_on_a_bin_and_resumes(dataset):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("exfacegan.train: error:")
     assert "head.m differ" in result.stderr
+
+
+def _check_backbone_loads_as_an_embedder(checkpoint, pairs_bin, trainer_result):
+    """backbone.pt of model=small loads as an embedder, which embeds as the trainer's network does and
+    reproduces the trainer's own last evaluation (eval.flip=false) on the same pairs."""
+    embedder = load_iresnet_embedder([1, 1, 1, 1], checkpoint, widths=[16, 32, 64, 128])
+    images, issame = read_bin(pairs_bin)
+    with initialize_config_dir(str(CONFIG_DIR / "train"), version_base="1.3"):
+        cfg = compose("config", overrides=["data.root=x", "out_dir=unused", "recipe=smoke"])
+    network = instantiate(cfg.model, _convert_="all").eval()
+    network.load_state_dict(torch.load(checkpoint, weights_only=True))
+    with torch.no_grad():
+        expected = torch.nn.functional.normalize(network((images.float() - 127.5) / 127.5))
+    embeddings = embedder(images)
+    torch.testing.assert_close(embeddings, expected, rtol=1e-5, atol=1e-6)
+    result = ten_fold_accuracy(embeddings[0::2].numpy(), embeddings[1::2].numpy(), issame)
+    assert (result["accuracy"], result["best_threshold"]) == (trainer_result["accuracy"], trainer_result["best_threshold"])
 
 
 @pytest.mark.slow

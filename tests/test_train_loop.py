@@ -24,7 +24,8 @@ def _trainer(checkpoint, steps_per_epoch, processes=None, seed=0, config=CONFIG)
     model = MarginModel(torch.nn.Sequential(torch.nn.Linear(12, 8), torch.nn.Dropout(0.2)), CosFace(8, 3, s=8, m=0.1))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     scheduler = step_decay(optimizer, steps_per_epoch, milestones=[2], warmup_epochs=0.5)
-    return Trainer(model, optimizer, scheduler, checkpoint, processes or Processes(), config=config, seed=0)
+    return Trainer(model=model, optimizer=optimizer, scheduler=scheduler, checkpoint=checkpoint,
+                   processes=processes or Processes(), config=config, seed=0)
 
 
 def _run(checkpoint, epochs, resume=False, seed=0, num_workers=0):

@@ -45,9 +45,9 @@ def register_resolvers() -> None:
 
 
 def _precision(value: str) -> None:
-    from exfacegan.gans.latent import autocast_dtype
+    from exfacegan.precision import check_precision
 
-    autocast_dtype(value)
+    check_precision(value)
 
 
 def _channels(name: str) -> Callable[[Any], None]:

@@ -9,12 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from exfacegan.embedders.iresnet import IResNet, iresnet
-from exfacegan.errors import CheckpointError, ConfigError
+from exfacegan.embedders.iresnet import STAGE_CHANNELS, IResNet, iresnet
+from exfacegan.errors import CheckpointError
 from exfacegan.imaging import to_unit_range
+from exfacegan.precision import autocast, autocast_dtype, check_precision
 
 INPUT_SIZE = 112
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Containers some training scripts wrap the backbone's state dict in.
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "backbone", "model")
 
@@ -27,8 +27,7 @@ class IResNetEmbedder(nn.Module):
 
     def __init__(self, network: IResNet, precision: str = "fp32") -> None:
         super().__init__()
-        if precision not in PRECISIONS:
-            raise ConfigError(f"unknown embedder precision {precision!r}; choose one of {sorted(PRECISIONS)}")
+        check_precision(precision)
         self.network = network.eval().requires_grad_(False)
         self.precision = precision
         self.embedding_dim = network.num_features
@@ -39,8 +38,7 @@ class IResNetEmbedder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         device = next(self.network.parameters()).device
-        autocast = self.precision != "fp32" and device.type == "cuda"
-        with torch.inference_mode(), torch.autocast(device.type, dtype=PRECISIONS[self.precision], enabled=autocast):
+        with torch.inference_mode(), autocast(autocast_dtype(self.precision, device), device):
             features = self.network(to_unit_range(images.to(device), INPUT_SIZE))
             embeddings = F.normalize(features.float(), dim=1)
         return embeddings.clone()  # a normal tensor: callers may edit it in place
@@ -89,14 +87,11 @@ def load_iresnet_state(network: IResNet, state: Mapping[str, torch.Tensor], sour
         problems.append(f"shape mismatches (checkpoint vs model): {_short_list(wrong_shape)}")
     if problems:
         raise CheckpointError(
-            f"{source} does not fit IResNet(layers={list(network.layers)}, num_features={network.num_features}): "
+            f"{source} does not fit IResNet(layers={list(network.layers)}, widths={list(network.widths)}, "
+            f"num_features={network.num_features}): "
             + "; ".join(problems) + " - check the architecture (embedder.network.arch) and the checkpoint"
         )
     network.load_state_dict({**expected, **state}, strict=True)
-
-
-def _build(arch: str | Sequence[int], num_features: int) -> IResNet:
-    return iresnet(arch, num_features=num_features) if isinstance(arch, str) else IResNet(list(arch), num_features)
 
 
 def load_iresnet_embedder(
@@ -105,15 +100,17 @@ def load_iresnet_embedder(
     device: str | torch.device = "cpu",
     precision: str = "fp32",
     num_features: int | None = None,
+    widths: Sequence[int] = STAGE_CHANNELS,
 ) -> IResNetEmbedder:
-    """An IResNetEmbedder (iresnet18/34/50/100/200, or block counts per stage) with weights from a `.pth`.
+    """An IResNetEmbedder (iresnet18/34/50/100/200, or block counts per stage; stage `widths`) with
+    weights from a `.pth` (a backbone state dict, or the `backbone.pt` that training writes).
 
     num_features defaults to the checkpoint's embedding size (512 for the public models).
     """
     state = read_state_dict(checkpoint)
     if num_features is None:
         num_features = int(state["features.weight"].shape[0]) if "features.weight" in state else 512
-    network = _build(arch, num_features)
+    network = iresnet(arch, num_features, widths=widths)
     load_iresnet_state(network, state, source=f"checkpoint {checkpoint}")
     return IResNetEmbedder(network, precision).to(device)
 
@@ -128,7 +125,7 @@ def random_iresnet_embedder(
     """An iresnet with random weights from `seed` (not a face model): for smoke runs and tests."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        network = _build(arch, num_features)
+        network = iresnet(arch, num_features)
     return IResNetEmbedder(network, precision).to(device)
 
 

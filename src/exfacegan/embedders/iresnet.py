@@ -4,6 +4,7 @@ Layout (as arcface_torch's `backbones/iresnet.py`): a stem `conv1, bn1, prelu`, 
 `layer1..4` of pre-activation blocks (64/128/256/512 channels, each stage halves the resolution),
 and a head `bn2 -> flatten -> dropout -> fc -> features (BatchNorm1d)`. A 112x112 input leaves 7x7
 maps before the head. Checkpoints of ArcFace, ElasticFace and CurricularFace load unchanged.
+`widths` narrows the stages (e.g. 16/32/64/128 for CPU smoke training) without changing the layout.
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ class IResNet(nn.Module):
     """arcface_torch's IResNet with IBasicBlock; `forward` returns the raw (unnormalised) features.
 
     `fp16=True` runs the convolutional trunk under CUDA autocast and the head in float32, as the
-    original does for mixed-precision training.
+    original does for mixed-precision training. `widths` are the channels of the four stages
+    (arcface_torch: 64, 128, 256, 512).
     """
 
     def __init__(
@@ -70,18 +72,22 @@ class IResNet(nn.Module):
         dropout: float = 0.0,
         fp16: bool = False,
         zero_init_residual: bool = False,
+        widths: Sequence[int] = STAGE_CHANNELS,
     ) -> None:
         super().__init__()
         if len(layers) != 4 or any(int(n) < 1 for n in layers):
             raise ConfigError(f"IResNet needs four positive block counts, got layers={list(layers)}")
+        if len(widths) != 4 or any(int(n) < 1 for n in widths):
+            raise ConfigError(f"IResNet needs four positive stage widths, got widths={list(widths)}")
         self.layers = tuple(int(n) for n in layers)
+        self.widths = tuple(int(n) for n in widths)
         self.num_features = int(num_features)
         self.fp16 = bool(fp16)
-        self.conv1 = _conv3x3(3, STAGE_CHANNELS[0])
-        self.bn1 = nn.BatchNorm2d(STAGE_CHANNELS[0], eps=BN_EPS)
-        self.prelu = nn.PReLU(STAGE_CHANNELS[0])
-        in_channels = STAGE_CHANNELS[0]
-        for index, (channels, blocks) in enumerate(zip(STAGE_CHANNELS, self.layers), start=1):
+        self.conv1 = _conv3x3(3, self.widths[0])
+        self.bn1 = nn.BatchNorm2d(self.widths[0], eps=BN_EPS)
+        self.prelu = nn.PReLU(self.widths[0])
+        in_channels = self.widths[0]
+        for index, (channels, blocks) in enumerate(zip(self.widths, self.layers), start=1):
             stage = [IBasicBlock(in_channels, channels, stride=2)]
             stage += [IBasicBlock(channels, channels) for _ in range(blocks - 1)]
             self.add_module(f"layer{index}", nn.Sequential(*stage))
@@ -115,8 +121,11 @@ class IResNet(nn.Module):
         return self.features(x)
 
 
-def iresnet(arch: str, num_features: int = 512, **kwargs) -> IResNet:
-    """Build an IResNet by name: iresnet18/34/50/100/200 (also accepted: r50, "50")."""
+def iresnet(arch: str | Sequence[int], num_features: int = 512, **kwargs) -> IResNet:
+    """Build an IResNet by name: iresnet18/34/50/100/200 (also accepted: r50, "50"), or from its four
+    block counts per stage; `kwargs` (`widths`, `dropout`, ...) go to `IResNet`."""
+    if not isinstance(arch, (str, int)):
+        return IResNet(list(arch), num_features=num_features, **kwargs)
     key = str(arch).lower()
     key = key if key.startswith("iresnet") else "iresnet" + key.lstrip("r")
     if key not in ARCHITECTURES:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from exfacegan.embedders.arcface import PRECISIONS
+from exfacegan.precision import autocast, autocast_dtype, check_precision
 from exfacegan.embedders.onnx_ops import OPS, problem
 from exfacegan.imaging import to_unit_range
 from exfacegan.errors import CheckpointError, ConfigError
@@ -118,8 +118,7 @@ class OnnxEmbedder(nn.Module):
     def __init__(self, graph: OnnxGraph, input_size: tuple[int, int], mean: float | Sequence[float] = 127.5,
                  std: float | Sequence[float] = 127.5, precision: str = "fp32", embedding_dim: int | None = None) -> None:
         super().__init__()
-        if precision not in PRECISIONS:
-            raise ConfigError(f"unknown embedder precision {precision!r}; choose one of {sorted(PRECISIONS)}")
+        check_precision(precision)
         self.graph = graph.eval()
         self.input_size = tuple(input_size)
         self.precision = precision
@@ -132,8 +131,7 @@ class OnnxEmbedder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         device = self.mean.device
-        autocast = self.precision != "fp32" and device.type == "cuda"
-        with torch.inference_mode(), torch.autocast(device.type, dtype=PRECISIONS[self.precision], enabled=autocast):
+        with torch.inference_mode(), autocast(autocast_dtype(self.precision, device), device):
             pixels = to_unit_range(images.to(device), self.input_size) * 127.5 + 127.5
             features = self.graph((pixels - self.mean) / self.std)
             embeddings = F.normalize(features.float().flatten(1), dim=1)
@@ -178,8 +176,7 @@ def load_onnx_embedder(
     """
     import onnx
 
-    if precision not in PRECISIONS:  # the settings are checked before the file is fetched or read
-        raise ConfigError(f"unknown embedder precision {precision!r}; choose one of {sorted(PRECISIONS)}")
+    check_precision(precision)  # the settings are checked before the file is fetched or read
     channel_values(mean, "mean")
     channel_values(std, "std")
     file = resolve_model_file(path)

@@ -9,16 +9,8 @@ hair 384:448, other 448:512. Each attribute controller is an MLP from an attribu
 degrees [yaw, pitch, roll], age in years, 27 spherical-harmonics lighting coefficients, 64 3DMM
 expression coefficients, hair colour) to its group's slice of w.
 
-Released folder layout (what `load_gan_control` reads and `write_gan_control_folder` writes):
-    <folder>/generator/args.json                 model_config + training_config.sub_groups_dict
-    <folder>/generator/checkpoint/<step>.pt      torch.save dict with `g_ema` (also g, d, optimisers)
-    <folder>/<group>*/args.json                  a controller: model_config in_dim, mid_dim, n_mlp, lr_mlp
-    <folder>/<group>*/checkpoint/<step>.pt       dict with `controller` (keys fc_stack.<i>.weight/bias)
-    <folder>/expressions.npy                     optional: float [K, 64] bank of expression samples
-The expression bank ExFaceGAN draws from is the `expression3d` column of GAN-Control's
-`ffhq_1K_attributes_samples_df.pkl` (a pandas pickle, not read here); convert it once where pandas is
-installed: `np.save("expressions.npy", np.stack(pd.read_pickle(p).expression3d))`. Without a bank the
-expression slice is left as the mapping produced it.
+Controllers and their random attributes: `exfacegan.gans.gan_control_controllers`; the released
+folder layout (loading and writing): `exfacegan.gans.gan_control_folder`.
 
 Which latent the ExFaceGAN boundaries live in: the 512-d concatenated w (all seven groups, after
 truncation toward `mapping.w_avg`), *before* `prepare_ws` lets the controllers overwrite the
@@ -35,13 +27,8 @@ the same as toward `w_avg`, since the groups tile w.
 
 from __future__ import annotations
 
-import json
-import logging
 import math
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -49,68 +36,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from exfacegan.errors import CheckpointError, ConfigError, DataError
-
-log = logging.getLogger(__name__)
+from exfacegan.gans.gan_control_controllers import AttributeRanges, Controller, random_attributes, scaled_mlp
+from exfacegan.gans.ops.fc import FullyConnectedLayer
+from exfacegan.gans.ops.upfirdn2d import fir_filter2d, setup_filter, upsample2d
+from exfacegan.gans.recorded import records_init_kwargs
+from exfacegan.gans.stylegan_common import check_synthesis_input
 
 GROUPS: dict[str, tuple[int, int]] = {
     "id": (0, 128), "expression": (128, 192), "orientation": (192, 256), "gamma": (256, 320),
     "age": (320, 384), "hair": (384, 448), "other": (448, 512),
 }
 CONTROLLED_GROUPS = ("orientation", "age", "gamma", "expression")  # those ExFaceGAN randomises
-NOISE_MODES = ("const", "random", "none")
 BLUR_TAPS = (1.0, 3.0, 3.0, 1.0)
 SQRT2 = math.sqrt(2.0)
-SH_BAND0, SH_BAND1 = 0.282094791773878140, 0.488602511902919920
 W_AVG_SAMPLES = 10_000  # z drawn (seed 0) for mapping.w_avg, which the checkpoints do not hold
 
 
 # ----------------------------------------------------------------------------------------------
 # Layers
-
-
-class ScaledLinear(nn.Module):
-    """Linear layer with equalised learning rate; `activate` adds the sqrt(2)-scaled leaky ReLU."""
-
-    def __init__(self, in_features: int, out_features: int, *, lr_mul: float = 1.0, bias_init: float = 0.0,
-                 activate: bool = False) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.randn(out_features, in_features) / lr_mul)
-        self.bias = nn.Parameter(torch.full((out_features,), float(bias_init)))
-        self.weight_gain = lr_mul / math.sqrt(in_features)
-        self.bias_gain = lr_mul
-        self.activate = activate
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.linear(x, self.weight * self.weight_gain, self.bias * self.bias_gain)
-        return F.leaky_relu(x, 0.2) * SQRT2 if self.activate else x
-
-
-def scaled_mlp(in_dim: int, mid_dim: int, out_dim: int, num_layers: int, lr_mul: float) -> nn.Sequential:
-    """`num_layers` activated layers: in_dim -> mid_dim -> ... -> mid_dim -> out_dim."""
-    if num_layers < 2:
-        raise ConfigError(f"a GAN-Control MLP needs at least 2 layers, got n_mlp={num_layers}")
-    dims = [in_dim] + [mid_dim] * (num_layers - 1) + [out_dim]
-    return nn.Sequential(*(ScaledLinear(a, b, lr_mul=lr_mul, activate=True) for a, b in zip(dims[:-1], dims[1:])))
-
-
-def _fir(x: torch.Tensor, pad: tuple[int, int], gain: float) -> torch.Tensor:
-    """The separable [1,3,3,1] low-pass filter per channel, after zero padding (before, after) each axis.
-
-    Written as shifted sums (the taps are symmetric): on CPU this is several times faster than a
-    depthwise convolution.
-    """
-    x = F.pad(x, [pad[0], pad[1], pad[0], pad[1]])
-    x = (x[..., :-3] + x[..., 3:]).add_(x[..., 1:-2] + x[..., 2:-1], alpha=3.0)
-    x = (x[..., :-3, :] + x[..., 3:, :]).add_(x[..., 1:-2, :] + x[..., 2:-1, :], alpha=3.0)
-    return x.mul_(gain / sum(BLUR_TAPS) ** 2)
-
-
-def upsample_2x(x: torch.Tensor) -> torch.Tensor:
-    """Zero insertion then the [1,3,3,1] filter with gain 4 (rosinality's Upsample, pad (2, 1))."""
-    n, c, h, w = x.shape
-    spread = x.new_zeros(n, c, h, 2, w, 2)
-    spread[:, :, :, 0, :, 0] = x
-    return _fir(spread.view(n, c, 2 * h, 2 * w), (2, 1), gain=4.0)
 
 
 class ModulatedConv(nn.Module):
@@ -124,10 +67,11 @@ class ModulatedConv(nn.Module):
                  demodulate: bool = True, up: bool = False) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.randn(1, out_channels, in_channels, kernel_size, kernel_size))
-        self.affine = ScaledLinear(w_dim, in_channels, bias_init=1.0)
+        self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1.0)
         self.weight_gain = 1.0 / math.sqrt(in_channels * kernel_size**2)
         self.demodulate = demodulate
         self.up = up
+        self.register_buffer("resample_filter", setup_filter(BLUR_TAPS), persistent=False)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         styles = self.affine(w)
@@ -135,7 +79,7 @@ class ModulatedConv(nn.Module):
         x = x * styles[:, :, None, None].to(x.dtype)
         if self.up:
             x = F.conv_transpose2d(x, weight.transpose(0, 1).to(x.dtype), stride=2)
-            x = _fir(x, (1, 1), gain=4.0)
+            x = fir_filter2d(x, self.resample_filter, (1, 1, 1, 1), gain=4.0)
         else:
             x = F.conv2d(x, weight.to(x.dtype), padding=weight.shape[-1] // 2)
         if self.demodulate:
@@ -171,10 +115,11 @@ class ToRGB(nn.Module):
         super().__init__()
         self.conv = ModulatedConv(in_channels, img_channels, 1, w_dim, demodulate=False)
         self.bias = nn.Parameter(torch.zeros(1, img_channels, 1, 1))
+        self.register_buffer("resample_filter", setup_filter(BLUR_TAPS), persistent=False)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
         y = self.conv(x, w) + self.bias.to(x.dtype)
-        return y if skip is None else y + upsample_2x(skip)
+        return y if skip is None else y + upsample2d(skip, self.resample_filter)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -263,10 +208,7 @@ class Synthesis(nn.Module):
         self.torgbs = nn.ModuleList(torgbs)
 
     def forward(self, ws: torch.Tensor, noise_mode: str = "const", **_: object) -> torch.Tensor:
-        if ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.w_dim):
-            raise DataError(f"ws has shape {tuple(ws.shape)}, GAN-Control expects [N, {self.num_ws}, {self.w_dim}]")
-        if noise_mode not in NOISE_MODES:
-            raise DataError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
+        check_synthesis_input(ws, noise_mode, self.num_ws, self.w_dim)
         x = self.const.expand(ws.shape[0], -1, -1, -1)
         x = self.layers[0](x, ws[:, 0], noise_mode)
         image = self.torgbs[0](x, ws[:, 1], None)
@@ -278,92 +220,13 @@ class Synthesis(nn.Module):
         return image.float()
 
 
-class Controller(nn.Module):
-    """Attribute values [N, in_dim] -> their group's slice of w [N, out_dim] (GAN-Control's FcStack)."""
-
-    def __init__(self, in_dim: int, out_dim: int, n_mlp: int = 4, mid_dim: int = 512, lr_mlp: float = 0.01) -> None:
-        super().__init__()
-        self.in_dim, self.out_dim = in_dim, out_dim
-        self.config = {"in_dim": in_dim, "mid_dim": mid_dim, "n_mlp": n_mlp, "lr_mlp": lr_mlp}
-        self.layers = scaled_mlp(in_dim, mid_dim, out_dim, n_mlp, lr_mlp)
-
-    def forward(self, attributes: torch.Tensor) -> torch.Tensor:
-        return self.layers(attributes)
 
 
-# ----------------------------------------------------------------------------------------------
-# Random attributes per image seed
-
-
-@dataclass(frozen=True)
-class AttributeRanges:
-    """What ExFaceGAN's GAN-Control script draws (integers, both ends included)."""
-
-    yaw: tuple[int, int] = (-50, 50)
-    pitch: tuple[int, int] = (-10, 10)
-    age: tuple[int, int] = (10, 80)
-    illumination_strength: float = 0.6
-
-
-def seed_uniforms(seeds: np.ndarray, num_streams: int) -> np.ndarray:
-    """Uniform [0, 1) float64 [N, num_streams], a splitmix64 hash of (seed, stream): batch-independent."""
-    state = np.asarray(seeds, dtype=np.int64).view(np.uint64)[:, None]
-    streams = np.arange(1, num_streams + 1, dtype=np.uint64)[None]
-    with np.errstate(over="ignore"):
-        z = state * np.uint64(0xD1B54A32D192ED03) + streams * np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-    return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
-
-
-def sh_first_order(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """27 lighting coefficients (9 per colour; bands 0 and 1 set) for a light from direction (x, y, z)."""
-    basis = torch.zeros(x.shape[0], 9, dtype=torch.float64)
-    basis[:, 0] = SH_BAND0
-    basis[:, 1] = -SH_BAND1 * y
-    basis[:, 2] = SH_BAND1 * z
-    basis[:, 3] = -SH_BAND1 * x
-    return basis.repeat(1, 3)
-
-
-def random_attributes(seeds: torch.Tensor, ranges: AttributeRanges = AttributeRanges(),
-                      expressions: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """Controller inputs (float32, CPU) for one random face per seed, as ExFaceGAN draws them.
-
-    orientation [N, 3] = (yaw, pitch, roll=0) in degrees; age [N, 1] in years; gamma [N, 27]: a light
-    from -x, +x, -z, +z or ambient only (axis and direction drawn like the paper code) times
-    `illumination_strength`; expression [N, D]: a row of the bank (when given).
-    """
-    u = torch.from_numpy(seed_uniforms(seeds.detach().cpu().numpy(), 6))
-
-    def integers(column: int, bounds: tuple[int, int]) -> torch.Tensor:
-        low, high = bounds
-        return low + torch.floor(u[:, column] * (high - low + 1))
-
-    yaw, pitch, age = integers(0, ranges.yaw), integers(1, ranges.pitch), integers(2, ranges.age)
-    on_x_axis = integers(3, (0, 1)) == 0
-    direction = integers(4, (-1, 1))
-    zero = torch.zeros_like(direction)
-    gamma = sh_first_order(torch.where(on_x_axis, direction, zero), zero, torch.where(on_x_axis, zero, direction))
-    attributes = {
-        "orientation": torch.stack([yaw, pitch, zero], 1),
-        "age": age[:, None],
-        "gamma": gamma * ranges.illumination_strength,
-    }
-    if expressions is not None and len(expressions):
-        attributes["expression"] = expressions.detach().cpu().double()[integers(5, (0, len(expressions) - 1)).long()]
-    return {name: value.float() for name, value in attributes.items()}
-
-
-# ----------------------------------------------------------------------------------------------
-# Generator
-
-
+@records_init_kwargs
 class Generator(nn.Module):
     """GAN-Control generator with the project's generator interface (see CONTEXT.md).
 
-    Keyword arguments follow generator/args.json (see `generator_kwargs`); `channel_max`, `mid_dim`
+    Keyword arguments follow generator/args.json (see `exfacegan.gans.gan_control_folder.generator_kwargs`); `channel_max`, `mid_dim`
     and `lr_mlp` are fixed in the released code (512, 256, 0.01) and exist here for small test networks.
     """
 
@@ -380,9 +243,6 @@ class Generator(nn.Module):
         self.c_dim = 0
         self.num_ws = self.synthesis.num_ws
         self.img_resolution, self.img_channels = size, img_channels
-        self.config = {"size": size, "style_dim": style_dim, "n_mlp": n_mlp, "channel_multiplier": channel_multiplier,
-                       "groups": {k: list(v) for k, v in groups.items()}, "img_channels": img_channels,
-                       "lr_mlp": lr_mlp, "mid_dim": mid_dim, "channel_max": channel_max}
         self.controllers = nn.ModuleDict()
         self.register_buffer("expressions", None)
         self.attribute_ranges = AttributeRanges()
@@ -440,189 +300,3 @@ def small_random_gan_control(seed: int = 0, size: int = 64, n_mlp: int = 2, mid_
         generator.set_expressions(torch.randn(num_expressions, 64) * 0.5)
     generator.mapping.update_w_avg(w_avg_samples)
     return generator.eval().requires_grad_(False)
-
-
-# ----------------------------------------------------------------------------------------------
-# The released folder layout
-
-
-def generator_kwargs(args: Mapping) -> dict:
-    """`Generator` keyword arguments from the contents of generator/args.json."""
-    try:
-        model = args["model_config"]
-        if model.get("vanilla", False) or not model.get("split_fc", True) or model.get("marge_fc", False):
-            raise CheckpointError("only GAN-Control generators with a split (grouped) mapping are supported "
-                                  "(args.json model_config needs split_fc true, vanilla and marge_fc false)")
-        if not model.get("conv_transpose", True) or model.get("g_noise_mode", "normal") not in ("normal", "same_for_same_id"):
-            raise CheckpointError("args.json asks for conv_transpose false or a g_noise_mode other than normal, "
-                                  "which the released GAN-Control code does not run")
-        groups = {name: tuple(group["place_in_latent"]) for name, group in args["training_config"]["sub_groups_dict"].items()}
-        return {"size": int(model["size"]), "style_dim": int(model["latent_size"]), "n_mlp": int(model["n_mlp"]),
-                "channel_multiplier": float(model["channel_multiplier"]), "groups": groups,
-                "img_channels": int(model.get("img_channels", 3)), "lr_mlp": float(model.get("lr_mlp", 0.01)),
-                "mid_dim": int(model.get("mid_dim", 256)), "channel_max": int(model.get("channel_max", 512))}
-    except (KeyError, TypeError) as error:
-        raise CheckpointError(f"generator args.json lacks the field {error} (model_config / training_config.sub_groups_dict)") from None
-
-
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise CheckpointError(f"{path} is missing: not a GAN-Control model folder")
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise CheckpointError(f"{path} is not readable JSON ({error})") from None
-
-
-def latest_checkpoint(directory: Path) -> Path:
-    """`<directory>/checkpoint/<step>.pt` with the highest step (other names only when none is numbered)."""
-    files = sorted((directory / "checkpoint").glob("*.pt"))
-    if not files:
-        raise CheckpointError(f"{directory / 'checkpoint'} holds no <step>.pt checkpoint")
-    numbered = [f for f in files if f.stem.isdigit()]
-    return max(numbered, key=lambda f: int(f.stem)) if numbered else files[-1]
-
-
-def _load_entry(path: Path, entry: str) -> dict[str, torch.Tensor]:
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for corrupt or foreign files
-        raise CheckpointError(f"{path} is not a readable torch checkpoint ({type(error).__name__})") from None
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get(entry), dict):
-        raise CheckpointError(f"{path} has no {entry!r} state dict: not a GAN-Control checkpoint")
-    state = checkpoint[entry]
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    return state
-
-
-def generator_key_table(generator: Generator) -> dict[str, str]:
-    """Checkpoint (rosinality / GAN-Control) key -> our key, for every generator parameter and buffer."""
-    table = {}
-    for name, mlp in generator.mapping.mlps.items():
-        for i in range(len(mlp)):  # index 0 of the checkpoint's stack is the parameter-free pixel norm
-            table |= {f"style.{name}.{i + 1}.{p}": f"mapping.mlps.{name}.{i}.{p}" for p in ("weight", "bias")}
-    table["input.input"] = "synthesis.const"
-    for j in range(len(generator.synthesis.layers)):
-        src, dst = ("conv1" if j == 0 else f"convs.{j - 1}"), f"synthesis.layers.{j}"
-        table |= {f"{src}.conv.weight": f"{dst}.conv.weight", f"{src}.conv.modulation.weight": f"{dst}.conv.affine.weight",
-                  f"{src}.conv.modulation.bias": f"{dst}.conv.affine.bias", f"{src}.noise.weight": f"{dst}.noise_strength",
-                  f"{src}.activate.bias": f"{dst}.bias", f"noises.noise_{j}": f"{dst}.noise_const"}
-    for j in range(len(generator.synthesis.torgbs)):
-        src, dst = ("to_rgb1" if j == 0 else f"to_rgbs.{j - 1}"), f"synthesis.torgbs.{j}"
-        table |= {f"{src}.conv.weight": f"{dst}.conv.weight", f"{src}.conv.modulation.weight": f"{dst}.conv.affine.weight",
-                  f"{src}.conv.modulation.bias": f"{dst}.conv.affine.bias", f"{src}.bias": f"{dst}.bias"}
-    return table
-
-
-# Fixed [1,3,3,1] filter buffers of the checkpoint: recomputed here, so accepted and not read.
-FILTER_KEY = re.compile(r"(convs\.\d+\.conv\.blur|to_rgbs\.\d+\.upsample)\.kernel")
-
-
-def _load_renamed(module: nn.Module, state: Mapping[str, torch.Tensor], table: Mapping[str, str], what: str,
-                  ignored: re.Pattern | None = None) -> None:
-    unexpected = [k for k in state if k not in table and not (ignored and ignored.fullmatch(k))]
-    if unexpected:
-        raise CheckpointError(f"{what} has unexpected key {unexpected[0]!r} ({len(unexpected)} in all): "
-                              "not a GAN-Control network of the shape its args.json describes")
-    missing = [k for k in table if k not in state]
-    if missing:
-        raise CheckpointError(f"{what} lacks key {missing[0]!r} ({len(missing)} missing): truncated or of another architecture")
-    ours = module.state_dict()
-    renamed = {}
-    for src, dst in table.items():
-        value = state[src]
-        if not torch.is_tensor(value) or value.shape != ours[dst].shape:
-            shape = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
-            raise CheckpointError(f"{what} key {src!r} has shape {shape}, but args.json implies {tuple(ours[dst].shape)}")
-        renamed[dst] = value
-    module.load_state_dict(renamed, strict=False)  # the table names every weight; w_avg is computed, controllers load apart
-
-
-def _controller_dirs(folder: Path, groups: list[str]) -> dict[str, Path]:
-    """A controller folder's name starts with its group's name ('expression_q*' is a different controller)."""
-    found = {}
-    subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and p.name != "generator")
-    for group in groups:
-        matches = [p for p in subdirs if p.name.startswith(group) and not (group == "expression" and p.name.startswith("expression_q"))]
-        if matches:
-            found[group] = matches[0]
-    return found
-
-
-def load_controller(directory: Path, out_dim: int) -> Controller:
-    model = _read_json(directory / "args.json").get("model_config", {})
-    try:
-        controller = Controller(int(model["in_dim"]), out_dim, int(model["n_mlp"]), int(model["mid_dim"]), float(model["lr_mlp"]))
-    except KeyError as error:
-        raise CheckpointError(f"{directory / 'args.json'} lacks model_config field {error}") from None
-    path = latest_checkpoint(directory)
-    table = {f"fc_stack.{i}.{p}": f"layers.{i}.{p}" for i in range(len(controller.layers)) for p in ("weight", "bias")}
-    _load_renamed(controller, _load_entry(path, "controller"), table, f"{path} 'controller'")
-    return controller
-
-
-def load_gan_control(folder: str | Path, device: str | torch.device = "cpu", *, expressions: str | Path | None = None,
-                     w_avg_samples: int = W_AVG_SAMPLES) -> Generator:
-    """The released GAN-Control folder (see the module docstring) as a `Generator` with its controllers.
-
-    The latest step of each checkpoint folder is used. `expressions` is a .npy bank [K, 64]
-    (default: `<folder>/expressions.npy` when present). `mapping.w_avg` is the mean w of
-    `w_avg_samples` z drawn from seed 0, as the checkpoint holds none.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise CheckpointError(f"GAN-Control folder {folder} does not exist (expected <folder>/generator/args.json)")
-    generator = Generator(**generator_kwargs(_read_json(folder / "generator" / "args.json")))
-    path = latest_checkpoint(folder / "generator")
-    _load_renamed(generator, _load_entry(path, "g_ema"), generator_key_table(generator), f"{path} 'g_ema'", FILTER_KEY)
-    for group, directory in _controller_dirs(folder, list(generator.mapping.groups)).items():
-        start, stop = generator.mapping.groups[group]
-        generator.add_controller(group, load_controller(directory, stop - start))
-    bank = Path(expressions) if expressions is not None else folder / "expressions.npy"
-    if bank.is_file():
-        try:
-            generator.set_expressions(np.load(bank, allow_pickle=False))
-        except ValueError as error:
-            raise DataError(f"{bank} is not a numeric .npy array ({error})") from None
-    elif expressions is not None:
-        raise DataError(f"expression bank {bank} does not exist")
-    elif "expression" in generator.controllers:
-        log.warning("no expressions.npy in %s: the expression slice is left as the mapping produced it", folder)
-    generator = generator.eval().requires_grad_(False).to(device)
-    generator.mapping.update_w_avg(w_avg_samples)
-    log.info("GAN-Control %s: checkpoint %s, controllers %s", folder, path.name, sorted(generator.controllers))
-    return generator
-
-
-def write_gan_control_folder(path: str | Path, generator: Generator, *, step: int = 10_000) -> Path:
-    """Write `generator` (and its controllers and expression bank) in the released folder layout."""
-    path = Path(path)
-    cfg = generator.config
-    sub_groups = {name: {"place_in_latent": list(bounds)} for name, bounds in cfg["groups"].items()}
-    args = {"model_config": {"vanilla": False, "img_channels": cfg["img_channels"], "split_fc": True, "marge_fc": False,
-                             "latent_size": cfg["style_dim"], "size": cfg["size"], "n_mlp": cfg["n_mlp"],
-                             "channel_multiplier": cfg["channel_multiplier"], "conv_transpose": True,
-                             "g_noise_mode": "normal", "lr_mlp": cfg["lr_mlp"], "mid_dim": cfg["mid_dim"],
-                             "channel_max": cfg["channel_max"]},
-            "training_config": {"sub_groups_dict": sub_groups}}
-    ours = {k: v.detach().cpu().clone() for k, v in generator.state_dict().items()}
-    g_ema = {src: ours[dst] for src, dst in generator_key_table(generator).items()}
-    blur = torch.tensor(BLUR_TAPS)
-    kernel = torch.outer(blur, blur) / blur.sum() ** 2
-    for j in range(len(generator.synthesis.torgbs) - 1):
-        g_ema |= {f"convs.{2 * j}.conv.blur.kernel": kernel * 4, f"to_rgbs.{j}.upsample.kernel": kernel * 4}
-    _write(path / "generator", args, {"g_ema": g_ema}, step)
-    for group, controller in generator.controllers.items():
-        state = {f"fc_stack.{k.removeprefix('layers.')}": v.detach().cpu().clone() for k, v in controller.state_dict().items()}
-        args = {"model_config": {"latent_size": cfg["style_dim"], "size": cfg["size"], **controller.config, "loss": f"{group}_loss"}}
-        _write(path / f"{group}_loss", args, {"controller": state}, step)
-    if generator.expressions is not None:
-        np.save(path / "expressions.npy", generator.expressions.cpu().numpy())
-    return path
-
-
-def _write(directory: Path, args: dict, checkpoint: dict, step: int) -> None:
-    (directory / "checkpoint").mkdir(parents=True, exist_ok=True)
-    (directory / "args.json").write_text(json.dumps(args, indent=2))
-    torch.save(checkpoint, directory / "checkpoint" / f"{step:06d}.pt")

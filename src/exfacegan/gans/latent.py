@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from exfacegan.errors import ConfigError, DataError
+from exfacegan.precision import autocast, autocast_dtype
 
 Center = Literal["w_avg", "zero"]
 TruncationStage = Literal["render", "sample"]
@@ -69,13 +70,6 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return (images * 127.5 + 128).clamp(0, 255).to(torch.uint8)
 
 
-def autocast_dtype(precision: str) -> torch.dtype | None:
-    dtypes = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-    if precision not in dtypes:
-        raise DataError(f"precision must be one of {sorted(dtypes)}, got {precision!r}")
-    return dtypes[precision]
-
-
 @torch.inference_mode()
 def synthesize(
     generator: nn.Module,
@@ -97,9 +91,7 @@ def synthesize(
     prepare_ws = getattr(generator, "prepare_ws", None)
     if prepare_ws is not None and seeds is not None:
         ws = prepare_ws(ws, seeds.to(ws.device))
-    dtype = autocast_dtype(precision)
-    device_type = ws.device.type
-    with torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None and device_type == "cuda"):
+    with autocast(autocast_dtype(precision, ws.device), ws.device):
         images = generator.synthesis(ws, noise_mode=noise_mode)
     return images.float()
 

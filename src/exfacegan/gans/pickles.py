@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from exfacegan.errors import CheckpointError
+from exfacegan.gans.networks import build_generator
 
 GENERATOR_KEYS = ("G_ema", "G")
 # Positional constructor arguments of both official Generator classes, in order.
@@ -233,8 +234,7 @@ def load_generator_pickle(
     build: Callable[..., nn.Module] | None = None,
 ) -> nn.Module:
     """Our generator module holding the `G_ema` (else `G`) weights of an official pickle."""
-    if build is None:
-        from exfacegan.gans import build_generator as build
+    build = build_generator if build is None else build
     record = generator_record(read_network_pickle(path), path)
     arch = detect_architecture(record)
     kwargs = init_kwargs(record)

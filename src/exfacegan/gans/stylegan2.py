@@ -25,96 +25,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from exfacegan.errors import ConfigError, DataError
-from exfacegan.gans.layers import (
-    ACTIVATION_GAINS,
-    LRELU_SLOPE,
-    FullyConnectedLayer,
-    check_activation,
-    inplace_ok,
-    is_separable,
-    modulated_conv2d,
-    normalize_2nd_moment,
-    weight_sq_sums,
-    setup_filter,
-    upsample2d,
+from exfacegan.errors import ConfigError
+from exfacegan.gans.modulated_conv import modulated_conv2d, weight_sq_sums
+from exfacegan.gans.ops.bias_act import ACTIVATION_GAINS, LRELU_SLOPE, check_activation, inplace_ok
+from exfacegan.gans.ops.fc import FullyConnectedLayer
+from exfacegan.gans.ops.upfirdn2d import is_separable, setup_filter, upsample2d
+from exfacegan.gans.stylegan_common import (
+    MAPPING_OPTIONS,
+    MappingNetwork,
+    PrecisionOption,
+    StyleGenerator,
+    check_synthesis_input,
 )
+from exfacegan.precision import autocast_dtype
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-NOISE_MODES = ("const", "random", "none")
-
-
-class MappingNetwork(nn.Module):
-    """z (and the embedded label c) -> w, broadcast to num_ws, with the truncation trick."""
-
-    def __init__(
-        self,
-        z_dim: int,
-        c_dim: int,
-        w_dim: int,
-        num_ws: int | None,
-        num_layers: int = 8,
-        embed_features: int | None = None,
-        layer_features: int | None = None,
-        activation: str = "lrelu",
-        lr_multiplier: float = 0.01,
-        w_avg_beta: float | None = 0.998,
-        freeze_layers: int = 0,
-        freeze_embed: bool = False,
-    ) -> None:
-        super().__init__()
-        del freeze_layers, freeze_embed  # training-only options of the official code
-        self.z_dim, self.c_dim, self.w_dim, self.num_ws = z_dim, c_dim, w_dim, num_ws
-        self.num_layers = num_layers
-        self.w_avg_beta = w_avg_beta
-        embed_features = (w_dim if embed_features is None else embed_features) if c_dim > 0 else 0
-        layer_features = w_dim if layer_features is None else layer_features
-        features = [z_dim + embed_features] + [layer_features] * (num_layers - 1) + [w_dim]
-        if c_dim > 0:
-            self.embed = FullyConnectedLayer(c_dim, embed_features)
-        for idx in range(num_layers):
-            layer = FullyConnectedLayer(features[idx], features[idx + 1], activation=activation, lr_multiplier=lr_multiplier)
-            setattr(self, f"fc{idx}", layer)
-        if num_ws is not None and w_avg_beta is not None:
-            self.register_buffer("w_avg", torch.zeros([w_dim]))
-
-    def forward(
-        self,
-        z: torch.Tensor | None,
-        c: torch.Tensor | None = None,
-        truncation_psi: float = 1,
-        truncation_cutoff: int | None = None,
-        update_emas: bool = False,
-    ) -> torch.Tensor:
-        parts = []
-        if self.z_dim > 0:
-            if z is None or z.ndim != 2 or z.shape[1] != self.z_dim:
-                got = None if z is None else tuple(z.shape)
-                raise DataError(f"z has shape {got}, the generator expects [N, {self.z_dim}]")
-            parts.append(normalize_2nd_moment(z.to(torch.float32)))
-        if self.c_dim > 0:
-            if c is None or c.ndim != 2 or c.shape[1] != self.c_dim or (z is not None and c.shape[0] != z.shape[0]):
-                got = None if c is None else tuple(c.shape)
-                raise DataError(f"c has shape {got}, this conditional generator expects [N, {self.c_dim}]")
-            parts.append(normalize_2nd_moment(self.embed(c.to(torch.float32))))
-        x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
-        for idx in range(self.num_layers):
-            x = getattr(self, f"fc{idx}")(x)
-        if update_emas and self.w_avg_beta is not None:
-            self.w_avg.copy_(x.detach().mean(dim=0).lerp(self.w_avg, self.w_avg_beta))
-        if self.num_ws is not None:
-            x = x.unsqueeze(1).repeat(1, self.num_ws, 1)
-        if truncation_psi != 1:
-            if self.w_avg_beta is None:
-                raise ConfigError("this mapping network tracks no w_avg (w_avg_beta=None): truncation is impossible")
-            if self.num_ws is None or truncation_cutoff is None:
-                x = self.w_avg.lerp(x, truncation_psi)
-            else:
-                x[:, :truncation_cutoff] = self.w_avg.lerp(x[:, :truncation_cutoff], truncation_psi)
-        return x
-
-    def extra_repr(self) -> str:
-        return f"z_dim={self.z_dim}, c_dim={self.c_dim}, w_dim={self.w_dim}, num_ws={self.num_ws}"
 
 
 def _refresh_filter_kind(module: nn.Module, incompatible_keys: Any) -> None:
@@ -330,7 +254,7 @@ _BLOCK_OPTIONS = {
 }
 
 
-class SynthesisNetwork(nn.Module):
+class SynthesisNetwork(PrecisionOption, nn.Module):
     def __init__(
         self,
         w_dim: int,
@@ -371,16 +295,6 @@ class SynthesisNetwork(nn.Module):
                 self.num_ws += block.num_torgb
             setattr(self, f"b{res}", block)
 
-    @property
-    def precision(self) -> str:
-        return self._precision
-
-    @precision.setter
-    def precision(self, value: str) -> None:
-        if value not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {sorted(PRECISIONS)}, got {value!r}")
-        self._precision = value
-
     def forward(
         self,
         ws: torch.Tensor,
@@ -390,13 +304,9 @@ class SynthesisNetwork(nn.Module):
         update_emas: bool = False,
     ) -> torch.Tensor:
         del update_emas  # no running statistics in StyleGAN2 synthesis
-        if noise_mode not in NOISE_MODES:
-            raise DataError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
-        if ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.w_dim):
-            raise DataError(f"ws has shape {tuple(ws.shape)}, the generator expects [N, {self.num_ws}, {self.w_dim}]")
+        check_synthesis_input(ws, noise_mode, self.num_ws, self.w_dim)
         fused_modconv = self.fused_modconv if fused_modconv is None else fused_modconv
-        reduced = PRECISIONS[self.precision]
-        use_reduced = reduced != torch.float32 and ws.device.type == "cuda" and not force_fp32
+        reduced = None if force_fp32 else autocast_dtype(self.precision, ws.device)
         ws = ws.to(torch.float32)
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         x = img = None
@@ -405,7 +315,7 @@ class SynthesisNetwork(nn.Module):
             block = getattr(self, f"b{res}")
             block_ws = ws.narrow(1, w_idx, block.num_conv + block.num_torgb)
             w_idx += block.num_conv
-            dtype = reduced if (use_reduced and block.use_fp16) else torch.float32
+            dtype = reduced if (reduced is not None and block.use_fp16) else torch.float32
             x, img = block(x, img, block_ws, dtype=dtype, noise_mode=noise_mode, fused_modconv=fused_modconv, memory_format=memory_format)
         return img.contiguous()
 
@@ -416,46 +326,14 @@ class SynthesisNetwork(nn.Module):
         )
 
 
-class Generator(nn.Module):
+class Generator(StyleGenerator):
     """StyleGAN2 generator; arguments are an official pickle's `init_kwargs`.
 
     Extra options (not in official pickles): `precision` (see module docstring) and
     `fused_modconv` (True: per-sample weights; False: shared convolution; None: by batch size).
     """
 
-    def __init__(
-        self,
-        z_dim: int,
-        c_dim: int,
-        w_dim: int,
-        img_resolution: int,
-        img_channels: int,
-        mapping_kwargs: dict[str, Any] | None = None,
-        synthesis_kwargs: dict[str, Any] | None = None,
-        **more_synthesis_kwargs: Any,
-    ) -> None:
-        super().__init__()
-        self.z_dim, self.c_dim, self.w_dim = z_dim, c_dim, w_dim
-        self.img_resolution, self.img_channels = img_resolution, img_channels
-        synthesis_kwargs = {**dict(synthesis_kwargs or {}), **more_synthesis_kwargs}
-        self.synthesis = SynthesisNetwork(w_dim=w_dim, img_resolution=img_resolution, img_channels=img_channels, **synthesis_kwargs)
-        self.num_ws = self.synthesis.num_ws
-        mapping_kwargs = dict(mapping_kwargs or {})
-        allowed = {"num_layers", "embed_features", "layer_features", "activation", "lr_multiplier", "w_avg_beta", "freeze_layers", "freeze_embed"}
-        unknown = sorted(set(mapping_kwargs) - allowed)
-        if unknown:
-            raise ConfigError(f"unknown StyleGAN2 mapping options {unknown}; allowed: {sorted(allowed)}")
-        self.mapping = MappingNetwork(z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, num_ws=self.num_ws, **mapping_kwargs)
-
-    def forward(
-        self,
-        z: torch.Tensor,
-        c: torch.Tensor | None = None,
-        truncation_psi: float = 1,
-        truncation_cutoff: int | None = None,
-        noise_mode: str = "const",
-        update_emas: bool = False,
-        **synthesis_kwargs: Any,
-    ) -> torch.Tensor:
-        ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff, update_emas=update_emas)
-        return self.synthesis(ws, noise_mode=noise_mode, **synthesis_kwargs)
+    name = "StyleGAN2"
+    synthesis_class = SynthesisNetwork
+    mapping_class = MappingNetwork
+    mapping_options = MAPPING_OPTIONS | {"embed_features", "layer_features", "activation"}

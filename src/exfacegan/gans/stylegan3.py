@@ -2,7 +2,7 @@
 
 Computes what NVIDIA's `training.networks_stylegan3.Generator` computes, with the same
 constructor arguments (a pickle's `init_kwargs`) and the same `state_dict()` keys, but runs
-its filtered leaky ReLU through `exfacegan.gans.filters` (polyphase, channels-last, in place)
+its filtered leaky ReLU through `exfacegan.gans.ops.filtered_lrelu` (polyphase, channels-last, in place)
 and its modulated convolutions as one ordinary convolution per layer (styles applied to the
 activations, demodulation to the output), which is what makes it fast on a CPU.
 
@@ -20,95 +20,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from exfacegan.errors import ConfigError, DataError
-from exfacegan.gans.filters import design_lowpass_filter, filtered_lrelu
-
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def _normalize_2nd_moment(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    return x * (x.square().mean(1, keepdim=True) + eps).rsqrt()
+from exfacegan.errors import ConfigError
+from exfacegan.gans.ops.fc import FullyConnectedLayer
+from exfacegan.gans.ops.filtered_lrelu import design_lowpass_filter, filtered_lrelu
+from exfacegan.gans.stylegan_common import MappingNetwork as CommonMapping
+from exfacegan.gans.stylegan_common import PrecisionOption, StyleGenerator, check_synthesis_input
+from exfacegan.precision import autocast_dtype
 
 
-class FullyConnectedLayer(nn.Module):
-    """Linear layer with equalised learning rate (weights scaled at run time)."""
 
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        activation: str = "linear",
-        lr_multiplier: float = 1.0,
-        weight_init: float = 1.0,
-        bias_init: float | list[float] = 0.0,
-    ) -> None:
-        super().__init__()
-        self.in_features = in_features
-        self.out_features = out_features
-        self.activation = activation
-        self.weight = nn.Parameter(torch.randn(out_features, in_features) * (weight_init / lr_multiplier))
-        bias = np.broadcast_to(np.asarray(bias_init, dtype=np.float32), [out_features]) / lr_multiplier
-        self.bias = nn.Parameter(torch.from_numpy(bias.astype(np.float32)))
-        self.weight_gain = lr_multiplier / np.sqrt(in_features)
-        self.bias_gain = lr_multiplier
+class MappingNetwork(CommonMapping):
+    """StyleGAN3's mapping network: the StyleGAN2 one (same keys and arithmetic), two layers by default."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.addmm(self.bias.to(x.dtype) * self.bias_gain, x, (self.weight.to(x.dtype) * self.weight_gain).t())
-        if self.activation == "lrelu":
-            x = F.leaky_relu(x, 0.2) * np.sqrt(2)
-        return x
-
-
-class MappingNetwork(nn.Module):
-    def __init__(
-        self,
-        z_dim: int,
-        c_dim: int,
-        w_dim: int,
-        num_ws: int,
-        num_layers: int = 2,
-        lr_multiplier: float = 0.01,
-        w_avg_beta: float = 0.998,
-        freeze_layers: int = 0,
-        freeze_embed: bool = False,
-    ) -> None:
-        super().__init__()
-        del freeze_layers, freeze_embed  # training-only options of the official code
-        self.z_dim, self.c_dim, self.w_dim, self.num_ws = z_dim, c_dim, w_dim, num_ws
-        self.num_layers = num_layers
-        self.w_avg_beta = w_avg_beta
-        self.embed = FullyConnectedLayer(c_dim, w_dim) if c_dim > 0 else None
-        features = [z_dim + (w_dim if c_dim > 0 else 0)] + [w_dim] * num_layers
-        for idx in range(num_layers):
-            layer = FullyConnectedLayer(features[idx], features[idx + 1], activation="lrelu", lr_multiplier=lr_multiplier)
-            setattr(self, f"fc{idx}", layer)
-        self.register_buffer("w_avg", torch.zeros(w_dim))
-
-    def forward(
-        self,
-        z: torch.Tensor,
-        c: torch.Tensor | None = None,
-        truncation_psi: float = 1,
-        truncation_cutoff: int | None = None,
-        update_emas: bool = False,
-    ) -> torch.Tensor:
-        if z.ndim != 2 or z.shape[1] != self.z_dim:
-            raise DataError(f"z has shape {tuple(z.shape)}, the generator expects [N, {self.z_dim}]")
-        x = _normalize_2nd_moment(z.to(torch.float32))
-        if self.c_dim > 0:
-            if c is None or c.ndim != 2 or c.shape != (z.shape[0], self.c_dim):
-                got = None if c is None else tuple(c.shape)
-                raise DataError(f"c has shape {got}, this conditional generator expects [{z.shape[0]}, {self.c_dim}]")
-            x = torch.cat([x, _normalize_2nd_moment(self.embed(c.to(torch.float32)))], dim=1)
-        for idx in range(self.num_layers):
-            x = getattr(self, f"fc{idx}")(x)
-        if update_emas:
-            self.w_avg.copy_(x.detach().mean(dim=0).lerp(self.w_avg, self.w_avg_beta))
-        x = x.unsqueeze(1).repeat(1, self.num_ws, 1)
-        if truncation_psi != 1:
-            cutoff = self.num_ws if truncation_cutoff is None else truncation_cutoff
-            x[:, :cutoff] = self.w_avg.lerp(x[:, :cutoff], truncation_psi)
-        return x
+    def __init__(self, z_dim: int, c_dim: int, w_dim: int, num_ws: int, num_layers: int = 2, **kwargs: Any) -> None:
+        super().__init__(z_dim, c_dim, w_dim, num_ws, num_layers=num_layers, **kwargs)
 
 
 class SynthesisInput(nn.Module):
@@ -254,7 +179,7 @@ class SynthesisLayer(nn.Module):
         )
 
 
-class SynthesisNetwork(nn.Module):
+class SynthesisNetwork(PrecisionOption, nn.Module):
     def __init__(
         self,
         w_dim: int,
@@ -324,71 +249,26 @@ class SynthesisNetwork(nn.Module):
             setattr(self, name, layer)
             self.layer_names.append(name)
 
-    @property
-    def precision(self) -> str:
-        return self._precision
-
-    @precision.setter
-    def precision(self, value: str) -> None:
-        if value not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {sorted(PRECISIONS)}, got {value!r}")
-        self._precision = value
-
     def forward(self, ws: torch.Tensor, noise_mode: str = "const", force_fp32: bool = False, update_emas: bool = False) -> torch.Tensor:
-        if noise_mode not in ("const", "random", "none"):
-            raise DataError(f"noise_mode must be 'const', 'random' or 'none', got {noise_mode!r}")
-        if ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.w_dim):
-            raise DataError(f"ws has shape {tuple(ws.shape)}, the generator expects [N, {self.num_ws}, {self.w_dim}]")
-        reduced = PRECISIONS[self.precision]
-        use_reduced = reduced != torch.float32 and ws.device.type == "cuda" and not force_fp32
+        check_synthesis_input(ws, noise_mode, self.num_ws, self.w_dim)
+        reduced = None if force_fp32 else autocast_dtype(self.precision, ws.device)
         ws = ws.to(torch.float32).unbind(dim=1)
         x = self.input(ws[0])
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         x = x.contiguous(memory_format=memory_format)
         for name, w in zip(self.layer_names, ws[1:]):
             layer = getattr(self, name)
-            dtype = reduced if (use_reduced and layer.use_fp16) else torch.float32
+            dtype = reduced if (reduced is not None and layer.use_fp16) else torch.float32
             x = layer(x, w, dtype=dtype, update_emas=update_emas).contiguous(memory_format=memory_format)
         if self.output_scale != 1:
             x = x * self.output_scale
         return x.to(torch.float32).contiguous()
 
 
-class Generator(nn.Module):
+class Generator(StyleGenerator):
     """StyleGAN3 generator; arguments are the official `init_kwargs` plus `precision` and
     `channels_last` (speed options that leave the result unchanged in fp32)."""
 
-    def __init__(
-        self,
-        z_dim: int,
-        c_dim: int,
-        w_dim: int,
-        img_resolution: int,
-        img_channels: int,
-        mapping_kwargs: dict[str, Any] | None = None,
-        **synthesis_kwargs: Any,
-    ) -> None:
-        super().__init__()
-        self.z_dim, self.c_dim, self.w_dim = z_dim, c_dim, w_dim
-        self.img_resolution, self.img_channels = img_resolution, img_channels
-        self.synthesis = SynthesisNetwork(w_dim=w_dim, img_resolution=img_resolution, img_channels=img_channels, **synthesis_kwargs)
-        self.num_ws = self.synthesis.num_ws
-        mapping_kwargs = dict(mapping_kwargs or {})
-        allowed = {"num_layers", "lr_multiplier", "w_avg_beta", "freeze_layers", "freeze_embed"}
-        unknown = sorted(set(mapping_kwargs) - allowed)
-        if unknown:
-            raise ConfigError(f"unknown StyleGAN3 mapping options {unknown}; allowed: {sorted(allowed)}")
-        self.mapping = MappingNetwork(z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, num_ws=self.num_ws, **mapping_kwargs)
-
-    def forward(
-        self,
-        z: torch.Tensor,
-        c: torch.Tensor | None = None,
-        truncation_psi: float = 1,
-        truncation_cutoff: int | None = None,
-        noise_mode: str = "const",
-        update_emas: bool = False,
-        **synthesis_kwargs: Any,
-    ) -> torch.Tensor:
-        ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff, update_emas=update_emas)
-        return self.synthesis(ws, noise_mode=noise_mode, update_emas=update_emas, **synthesis_kwargs)
+    name = "StyleGAN3"
+    synthesis_class = SynthesisNetwork
+    mapping_class = MappingNetwork

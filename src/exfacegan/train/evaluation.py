@@ -20,6 +20,7 @@ from sklearn.model_selection import KFold
 from exfacegan.data.image_folder import decode_rgb
 from exfacegan.errors import DataError
 from exfacegan.gans.pickles import RestrictedUnpickler, numpy_globals
+from exfacegan.precision import autocast
 
 THRESHOLDS = np.arange(0, 4, 0.01)
 N_FOLDS = 10
@@ -134,7 +135,7 @@ def embed(model: torch.nn.Module, images_uint8: torch.Tensor, batch_size: int = 
         x = (images_uint8[start:start + batch_size].to(device).float() - 127.5) / 127.5
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        with autocast(autocast_dtype, device):
             e = model(x).float()
             if flip:
                 e = e + model(x.flip(3)).float()

@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from exfacegan.data.artifacts import atomic_path
 from exfacegan.errors import CheckpointError, ConfigError, DataError
 from exfacegan.loggers import NullLogger
+from exfacegan.precision import autocast
 from exfacegan.train.distributed import Processes, all_mean
 
 log = logging.getLogger("exfacegan.train")
@@ -79,8 +80,10 @@ def load_for_resume(path: Path, config: dict[str, Any], resume: bool | str) -> d
     return state
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, kw_only=True)
 class Trainer:
+    """Runs the epochs: forward, backward, step; checkpoints after each epoch (see the module docstring)."""
+
     model: MarginModel
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -167,7 +170,7 @@ class Trainer:
             images = self.augment(images)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+        with autocast(self.autocast_dtype, device):
             loss = self.runner(images, labels)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()

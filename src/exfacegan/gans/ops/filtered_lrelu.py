@@ -2,9 +2,9 @@
 
 The filtered leaky ReLU upsamples, applies bias/leaky ReLU/gain/clamp at the higher rate and
 downsamples again. Done naively (insert zeros, then a large convolution) it dominates the
-cost of StyleGAN3 synthesis. Here the upsampling is one strided transposed convolution (no
-multiplications by inserted zeros), its cropping is folded into the transposed convolution's
-padding, the activation runs in place, gain is folded into the downsampling filter, and the
+cost of StyleGAN3 synthesis. Here the upsampling is `upfirdn2d.upsample2d` (one strided
+transposed convolution, its cropping folded into its padding), the activation is `bias_act`
+in place, gain is folded into the downsampling filter, and the
 downsampling is one strided depthwise convolution that computes only the kept samples (for the
 radial filters of config R as well), all in channels-last layout, where oneDNN's depthwise
 kernels are fastest. Separable filters run as their 2-D outer product: on the 2-core CPU this
@@ -20,6 +20,8 @@ import scipy.special
 import torch
 import torch.nn.functional as F
 
+from exfacegan.gans.ops.bias_act import bias_act, inplace_ok
+from exfacegan.gans.ops.upfirdn2d import upsample2d
 # Upper bound on the upsampled intermediate of one filtered_lrelu call; above it the channels
 # are processed in chunks (the op is depthwise, so chunks are independent).
 TMP_BUDGET_BYTES = 2**30
@@ -58,13 +60,6 @@ def _as_2d(taps: torch.Tensor | None, dtype: torch.dtype, device: torch.device) 
     return torch.outer(taps, taps) if taps.ndim == 1 else taps
 
 
-def _crop_or_pad(x: torch.Tensor, top: int, bottom: int, left: int, right: int) -> torch.Tensor:
-    """Remove (positive) or add zero (negative) rows/columns at each border."""
-    if min(top, bottom, left, right) < 0:
-        return F.pad(x, [-left, -right, -top, -bottom])
-    return x[:, :, top : x.shape[2] - bottom, left : x.shape[3] - right]
-
-
 def _filtered_lrelu_chunk(
     x: torch.Tensor,
     up_kernel: torch.Tensor,
@@ -75,32 +70,10 @@ def _filtered_lrelu_chunk(
     slope: float,
     clamp: float | None,
 ) -> torch.Tensor:
-    channels = x.shape[1]
-    pad_x0, pad_x1, pad_y0, pad_y1 = padding
-    taps_y, taps_x = up_kernel.shape
-    # Upsampling as a transposed convolution o[n] = sum_k f[k] z[n - k] (z = zero-inserted x);
-    # the wanted upfirdn output is o[n + taps - 1 - pad_lo]: crop `start` at the front, `tail`
-    # at the back. The symmetric part of the crop is the transposed convolution's padding.
-    crops = []
-    for size, taps, pad_lo, pad_hi in ((x.shape[2], taps_y, pad_y0, pad_y1), (x.shape[3], taps_x, pad_x0, pad_x1)):
-        start = taps - 1 - pad_lo
-        full = (size - 1) * up + taps
-        wanted = size * up + pad_lo + pad_hi - taps + 1
-        crops.append((start, full - start - wanted))
-    sym = [max(0, min(start, tail)) for start, tail in crops]
-    weight = up_kernel[None, None].expand(channels, 1, taps_y, taps_x)
-    tmp = F.conv_transpose2d(x, weight, stride=up, padding=tuple(sym), groups=channels)
-    tmp = _crop_or_pad(
-        tmp, crops[0][0] - sym[0], crops[0][1] - sym[0], crops[1][0] - sym[1], crops[1][1] - sym[1]
-    )
-    if torch.is_grad_enabled() and tmp.requires_grad:  # autograd needs the intermediates
-        tmp = F.leaky_relu(tmp, slope).clamp(-clamp, clamp) if clamp is not None else F.leaky_relu(tmp, slope)
-    else:
-        F.leaky_relu_(tmp, slope)
-        if clamp is not None:
-            tmp.clamp_(-clamp, clamp)
-    weight = down_kernel[None, None].expand(channels, 1, *down_kernel.shape)
-    return F.conv2d(tmp, weight, stride=down, groups=channels)
+    tmp = upsample2d(x, up_kernel, up, padding)
+    tmp = bias_act(tmp, activation="lrelu", gain=1, clamp=clamp, inplace=inplace_ok(tmp), slope=slope)
+    weight = down_kernel[None, None].expand(x.shape[1], 1, *down_kernel.shape)
+    return F.conv2d(tmp, weight, stride=down, groups=x.shape[1])
 
 
 def filtered_lrelu(
@@ -121,16 +94,13 @@ def filtered_lrelu(
     factor `down`), equal to StyleGAN3's `filtered_lrelu`. Filters are 1-D (separable) or 2-D;
     None is the identity. `x` is [N, C, H, W]; channels-last input is fastest on the CPU.
     """
-    if bias is not None:
-        x = x + bias.to(x.dtype).view(1, -1, 1, 1)
     if up == 1 and down == 1 and up_filter is None and down_filter is None and not any(padding):
         # The ToRGB case: a pointwise activation only.
-        x = F.leaky_relu(x, slope) if slope != 1 else x
-        x = x * gain if gain != 1 else x
-        return x.clamp(-clamp, clamp) if clamp is not None else x
-    up_kernel = _as_2d(up_filter, x.dtype, x.device) * (up**2)
-    # Flipped because upfirdn2d convolves (not correlates); gain moves behind the clamp. The
-    # upsampling kernel stays unflipped: a transposed convolution already convolves.
+        return bias_act(x, bias, "linear" if slope == 1 else "lrelu", gain=gain, clamp=clamp, slope=slope)
+    if bias is not None:
+        x = x + bias.to(x.dtype).view(1, -1, 1, 1)
+    up_kernel = _as_2d(up_filter, x.dtype, x.device)
+    # Flipped because upfirdn2d convolves (not correlates); gain moves behind the clamp.
     down_kernel = _as_2d(down_filter, x.dtype, x.device).flip([0, 1]) * gain
     args = (up_kernel, down_kernel, up, down, tuple(int(p) for p in padding), slope, None if clamp is None else clamp / gain)
     if tmp_budget_bytes is None:
