@@ -97,7 +97,7 @@ def export(run_dir: str | Path, fmt: str, out: str | Path | None = None, *, shar
 
 def _write_export(run_dir: Path, fmt: str, partial: Path, dataset: ImageFolderDataset, shard_size: int) -> None:
     from exfacegan.data.card import dataset_card
-    from exfacegan.provenance import file_sha256
+    from exfacegan.weights import sha256_of
 
     keys = _write_format(fmt, partial, dataset, shard_size)
     with open(partial / "samples.csv", "w", newline="") as f:
@@ -111,7 +111,7 @@ def _write_export(run_dir: Path, fmt: str, partial: Path, dataset: ImageFolderDa
     encodings = sorted({p.suffix[1:].lower() for p in dataset.paths})
     card = dataset_card(run_dir, fmt=fmt, labels=dataset.labels, image_encoding=", ".join(encodings) +
                         " as written by the generate stage (not re-encoded)", usage=USAGE[fmt],
-                        files={p.name: file_sha256(p) for p in hashed})
+                        files={p.name: sha256_of(p) for p in hashed})
     (partial / "DATASET.md").write_text(card)
 
 
