@@ -120,7 +120,8 @@ def test_generated_images_are_renderings_of_their_manifest_codes(name, tmp_path)
 def test_gan_control_stores_and_moves_the_w_the_paper_code_fits_on(golden_dir):
     """Official outputs: the paper code's GAN-Control neutral sample saves gen_batch's truncated 2-D w (`w_psi07`),
     fits on it, and renders a moved w through the controllers untruncated (`w_psi07_ctrl` keeps its id slice)."""
-    from exfacegan.gans.gan_control import Generator, generator_key_table
+    from exfacegan.gans.gan_control import Generator
+    from exfacegan.gans.gan_control_folder import generator_key_table
 
     io, weights = np.load(golden_dir / "gan_control_64_io.npz"), np.load(golden_dir / "gan_control_64_weights.npz")
     generator = Generator(size=64, n_mlp=2, channel_multiplier=0.125, channel_max=16).eval()

@@ -61,8 +61,8 @@ def check_args(args: argparse.Namespace) -> None:
     """Refuse impossible arguments in one line, before any network is built; `--device auto` becomes a device."""
     from exfacegan.devices import resolve_device
 
-    for name in ("batch_size", "max_impostor_pairs"):
-        if getattr(args, name, 1) < 1:
+    for name in ("batch_size", "max_impostor_pairs"):  # None: the subcommand's default
+        if getattr(args, name, None) is not None and getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if getattr(args, "num_workers", 0) < 0:
         raise ConfigError(f"--num-workers must be >= 0, got {args.num_workers}")
