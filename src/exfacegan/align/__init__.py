@@ -15,16 +15,10 @@ from exfacegan.align.template import (
     template_points,
     warp_faces,
 )
+from exfacegan.lazy import lazy_attributes
 
-
-def __getattr__(name: str):
-    # dlib is imported only when its aligner is asked for.
-    if name == "DlibAligner":
-        from exfacegan.align.dlib_align import DlibAligner
-
-        return DlibAligner
-    raise AttributeError(f"module 'exfacegan.align' has no attribute {name!r}")
-
+# dlib is imported only when its aligner is asked for.
+__getattr__ = lazy_attributes(__name__, {"DlibAligner": "exfacegan.align.dlib_align"})
 
 __all__ = [
     "ARCFACE_TEMPLATE", "FACE_SIZE", "DlibAligner", "FFHQTemplateAligner", "MTCNNAligner", "ResizeAligner",

@@ -9,16 +9,10 @@ from exfacegan.embedders.arcface import (
 )
 from exfacegan.embedders.iresnet import ARCHITECTURES, IBasicBlock, IResNet, iresnet
 from exfacegan.embedders.onnx import OnnxEmbedder, load_onnx_embedder
+from exfacegan.lazy import lazy_attributes
 
-
-def __getattr__(name: str):
-    # dlib is imported only when its embedder is asked for.
-    if name == "DlibEmbedder":
-        from exfacegan.embedders.dlib_resnet import DlibEmbedder
-
-        return DlibEmbedder
-    raise AttributeError(f"module 'exfacegan.embedders' has no attribute {name!r}")
-
+# dlib is imported only when its embedder is asked for.
+__getattr__ = lazy_attributes(__name__, {"DlibEmbedder": "exfacegan.embedders.dlib_resnet"})
 
 __all__ = [
     "ARCHITECTURES", "DlibEmbedder", "IBasicBlock", "IResNet", "IResNetEmbedder", "iresnet", "load_iresnet_embedder",

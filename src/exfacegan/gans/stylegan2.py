@@ -50,17 +50,14 @@ class SynthesisLayer(nn.Module):
 
     def __init__(
         self,
-        in_channels: int,
-        out_channels: int,
-        w_dim: int,
-        resolution: int,
+        in_channels: int, out_channels: int, w_dim: int, resolution: int,  # sizes
         kernel_size: int = 3,
-        up: int = 1,
+        up: int = 1,                                # 2: 2x up-sampling before the convolution
         use_noise: bool = True,
         activation: str = "lrelu",
-        resample_filter: Any = (1, 3, 3, 1),
-        conv_clamp: float | None = None,
-        channels_last: bool = False,
+        resample_filter: Any = (1, 3, 3, 1),        # FIR taps of the up-sampling
+        conv_clamp: float | None = None,            # clamp activations to +-this (None: no clamp)
+        channels_last: bool = False,                # recorded by official pickles; the layout is chosen at run time
     ) -> None:
         super().__init__()
         del channels_last  # memory layout is chosen at run time
@@ -176,12 +173,8 @@ class SynthesisBlock(nn.Module):
 
     def __init__(
         self,
-        in_channels: int,
-        out_channels: int,
-        w_dim: int,
-        resolution: int,
-        img_channels: int,
-        is_last: bool,
+        in_channels: int, out_channels: int, w_dim: int, resolution: int,  # sizes (in_channels 0: the first block)
+        img_channels: int, is_last: bool,
         architecture: str = "skip",
         resample_filter: Any = (1, 3, 3, 1),
         conv_clamp: float | None = 256,
@@ -257,14 +250,11 @@ _BLOCK_OPTIONS = {
 class SynthesisNetwork(PrecisionOption, nn.Module):
     def __init__(
         self,
-        w_dim: int,
-        img_resolution: int,
-        img_channels: int,
-        channel_base: int = 32768,
-        channel_max: int = 512,
-        num_fp16_res: int = 4,
-        precision: str = "fp32",
-        fused_modconv: bool | None = None,
+        w_dim: int, img_resolution: int, img_channels: int,
+        channel_base: int = 32768, channel_max: int = 512,  # channels at resolution r: min(channel_base / r, channel_max)
+        num_fp16_res: int = 4,                    # the official code's fp16 blocks: the highest resolutions
+        precision: str = "fp32",                  # fp16 | bf16: those blocks at reduced precision on CUDA
+        fused_modconv: bool | None = None,        # None: chosen by cost per call
         channels_last: bool = True,
         **block_kwargs: Any,
     ) -> None:

@@ -87,20 +87,12 @@ class SynthesisLayer(nn.Module):
 
     def __init__(
         self,
-        w_dim: int,
-        is_torgb: bool,
-        is_critically_sampled: bool,
-        use_fp16: bool,
-        in_channels: int,
-        out_channels: int,
-        in_size: int,
-        out_size: int,
-        in_sampling_rate: int,
-        out_sampling_rate: int,
-        in_cutoff: float,
-        out_cutoff: float,
-        in_half_width: float,
-        out_half_width: float,
+        w_dim: int, is_torgb: bool, is_critically_sampled: bool, use_fp16: bool,
+        in_channels: int, out_channels: int,
+        in_size: int, out_size: int,                    # spatial sizes, margins included
+        in_sampling_rate: int, out_sampling_rate: int,
+        in_cutoff: float, out_cutoff: float,            # filter cutoffs (Hz, at the sampling rates above)
+        in_half_width: float, out_half_width: float,    # transition band half-widths
         conv_kernel: int = 3,
         filter_size: int = 6,
         lrelu_upsampling: int = 2,
@@ -182,12 +174,9 @@ class SynthesisLayer(nn.Module):
 class SynthesisNetwork(PrecisionOption, nn.Module):
     def __init__(
         self,
-        w_dim: int,
-        img_resolution: int,
-        img_channels: int,
-        channel_base: int = 32768,
-        channel_max: int = 512,
-        num_layers: int = 14,
+        w_dim: int, img_resolution: int, img_channels: int,
+        channel_base: int = 32768, channel_max: int = 512,
+        num_layers: int = 14,                   # layers between the input and the ToRGB layer
         num_critical: int = 2,
         first_cutoff: float = 2,
         first_stopband: float = 2**2.1,
