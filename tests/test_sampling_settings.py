@@ -1,4 +1,5 @@
-"""The sampling, truncation and label-pool settings are checked before any network loads, in one line each."""
+"""The sampling, truncation, label-pool and identity-control settings are checked before any network loads, in one
+line each."""
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -44,6 +45,14 @@ def test_the_defaults_are_the_paper_codes_sampling_per_backbone(tmp_path):
     ("label.pool_size=abc", "label.pool_size must be an integer >= 2 or null"),
     ("label.pool_size=11", "label.num_references=12 is more than label.pool_size=11"),
     ("label.pool_size=12", None),
+    ("references.max_similarity=1.5", "references.max_similarity must be null or a cosine similarity in [-1, 1]"),
+    ("references.max_similarity=close", "references.max_similarity must be null or a cosine similarity"),
+    ("references.max_similarity=-1", "references.max_similarity=-1 accepts no code"),
+    ("filter.min_reference_similarity=true", "filter.min_reference_similarity must be null or a cosine similarity"),
+    ("filter.max_cross_similarity=-2", "filter.max_cross_similarity must be null or a cosine similarity"),
+    ("sampling.both_sides=false", None),
+    ("filter.max_cross_similarity=0.3", None),
+    ("references.max_similarity=0.4", None),
 ])
 def test_bad_settings_give_one_line_before_any_network(override, words, tmp_path):
     cfg = _compose(override, f"run_dir={tmp_path}")
