@@ -117,7 +117,7 @@ def _is_kind(value: Any, kind: type) -> bool:
 COUNT, SEED = Setting(int, low=1), Setting(int, low=0, high=MAX_SEED)
 FLAG, TEXT = Setting(bool), Setting(str)
 PRECISION = Setting(str, check=_precision)
-EMBEDDER = {"batch_size": COUNT, "precision": PRECISION, "network.num_jitters": Setting(int, low=0),
+EMBEDDER = {"precision": PRECISION, "network.num_jitters": Setting(int, low=0),
             "network.padding": Setting(float, low=0), "path": TEXT, "checkpoint": TEXT,
             "mean": Setting(object, check=_channels("mean")), "std": Setting(object, check=_channels("std"))}
 # Every setting that no option object below checks. Keys a group option lacks are skipped.
@@ -140,6 +140,8 @@ SETTINGS: dict[str, Setting] = {
     "generate.num_shards": COUNT,
     "generate.references_per_chunk": COUNT,
     "analyze.max_impostor_pairs": COUNT,
+    "analyze.batch_size": COUNT,
+    "analyze.num_workers": Setting(int, low=0),
     "analyze.grid_identities": COUNT,
     "analyze.grid_images": COUNT,
     **{f"embedder.{key}": rule for key, rule in EMBEDDER.items()},
