@@ -174,6 +174,27 @@ def test_preflight_checks_every_source_first_then_fetches_what_the_stages_build(
     assert fetched == ["arcface_r50_webface600k", "stylegan2-ffhq-256"]  # an unreachable embedder fails before the GAN
 
 
+
+def test_preflight_covers_the_identity_filters_judge_only_when_the_filter_is_on(monkeypatch):
+    fetched = []
+    monkeypatch.setattr(weights, "fetch", lambda name, **kwargs: fetched.append(name))
+    cfg = _pipeline_cfg(["generate"], "stylegan2-ffhq-256", "arcface_r50_webface600k")
+    cfg.filter = {"min_reference_similarity": None, "max_cross_similarity": None,
+                  "judge": {"network": {"_target_": "x", "path": "/nonexistent/judge.onnx"}}}
+    with pytest.raises(CheckpointError, match=r"filter.judge.network.path=/nonexistent/judge.onnx does not exist"):
+        weights.preflight(cfg)  # a judge that cannot load is refused even while the filter is off
+    cfg.filter.judge.network.path = "arcface_r100_glint360k"
+    weights.preflight(cfg)
+    assert fetched == ["stylegan2-ffhq-256"]  # the filter is off: its judge is not downloaded
+    fetched.clear()
+    cfg.filter.min_reference_similarity = 0.4
+    weights.preflight(cfg)
+    assert fetched == ["arcface_r100_glint360k", "stylegan2-ffhq-256"]  # the judge before the GAN
+    fetched.clear()
+    del cfg.filter["judge"]
+    weights.preflight(cfg)
+    assert fetched == ["arcface_r50_webface600k", "stylegan2-ffhq-256"]  # no judge: the run's embedder judges
+
 def test_provenance_records_the_cached_file_of_a_registry_name(pack, tmp_path):
     path = weights.fetch("toy")
     cfg = OmegaConf.create({"embedder": {"network": {"path": "toy"}}, "gan": {"network": {"source": "toy-sibling"}}})

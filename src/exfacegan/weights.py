@@ -241,11 +241,14 @@ def preflight(cfg: DictConfig) -> None:
     """Before any stage: every configured weights source is an existing path or a known registry name;
     then the registry files of the networks the selected stages build are fetched, before any is built."""
     judge = "analyze.judge.network" if OmegaConf.select(cfg, "analyze.judge") else "embedder.network"
-    builds = {"sample": ("gan.network", "align", "embedder.network"), "generate": ("gan.network", "align"),
-              "analyze": (judge,)}
+    filter_judge = "filter.judge.network" if OmegaConf.select(cfg, "filter.judge") else "embedder.network"
+    filtering = any(OmegaConf.select(cfg, f"filter.{key}", default=None) is not None
+                    for key in ("min_reference_similarity", "max_cross_similarity"))
+    builds = {"sample": ("gan.network", "align", "embedder.network"),
+              "generate": ("gan.network", "align", *((filter_judge,) if filtering else ())), "analyze": (judge,)}
     needed = {node for stage in cfg.stages for node in builds.get(stage, ())}
     to_fetch = []
-    for node_key in dict.fromkeys(("embedder.network", judge, "align", "gan.network")):  # the GAN, largest, last
+    for node_key in dict.fromkeys(("embedder.network", judge, filter_judge, "align", "gan.network")):  # GAN last
         node = OmegaConf.select(cfg, node_key)
         for key in SOURCE_KEYS if isinstance(node, DictConfig) else ():
             value = node.get(key)
