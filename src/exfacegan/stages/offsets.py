@@ -107,10 +107,13 @@ def draw_codes(
     dim = reference_latents.shape[1]
     offsets = np.zeros((len(draws), dim))
     attribute_seeds = np.empty(len(draws), np.int64)
+    drawn: dict[tuple[int, int, int], np.ndarray] = {}  # mirrored sides share one u: draw it once
     for i, d in enumerate(draws):
         if d.attempt != REFERENCE_ATTEMPT:
-            stream = 0 if spec.mirror else d.side
-            offsets[i] = draw_rng(spec.seed, d.reference, stream, d.attempt).uniform(spec.min_off, spec.max_off, dim)
+            key = (d.reference, 0 if spec.mirror else d.side, d.attempt)
+            if key not in drawn:
+                drawn[key] = draw_rng(spec.seed, *key).uniform(spec.min_off, spec.max_off, dim)
+            offsets[i] = drawn[key]
         attribute_seeds[i] = draw_rng(spec.seed, d.reference, 2 + d.side, d.attempt).integers(2**62)
     refs = np.array([d.reference for d in draws], dtype=np.int64)
     signs = np.array([1.0 if d.side else -1.0 for d in draws])
