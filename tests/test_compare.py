@@ -16,7 +16,7 @@ import yaml
 from PIL import Image
 from test_report import _screenshot_module  # pipelines/screenshot_report.py, loaded from its path
 
-from exfacegan.cli import main as cli_main
+from exfacegan.cli.main import main as cli_main
 from exfacegan.metrics.compare import write_compare
 from exfacegan.metrics.sweep_table import planned_jobs, read_sweep
 
@@ -312,7 +312,7 @@ def test_wandb_summary_run_holds_the_table_and_each_job_its_metrics(tmp_path: Pa
 
     from exfacegan.app import _record_time
     from exfacegan.loggers import WandbLogger
-    from exfacegan.sweep import log_sweep
+    from exfacegan.cli.sweep import log_sweep
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -344,7 +344,7 @@ def test_a_failed_jobs_line_is_the_user_error_behind_hydras_wrapper_else_the_exc
     from hydra.errors import InstantiationException
 
     from exfacegan.errors import CheckpointError
-    from exfacegan.sweep import one_line
+    from exfacegan.cli.sweep import one_line
 
     try:
         try:

@@ -22,7 +22,7 @@ import yaml
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from exfacegan.cli import main
+from exfacegan.cli.main import main
 from exfacegan.data import recordio
 from exfacegan.data.image_folder import ImageFolderDataset
 from exfacegan.data.recordio import RecordIODataset

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from test_report import MetricSpans, assert_opens_in_chromium
 
-from exfacegan.cli import main as cli_main
+from exfacegan.cli.main import main as cli_main
 from exfacegan.stages.offset_study import parse_offsets
 
 SMALL = ["experiment=smoke", "logger=none", "cache_dir=null", "sample.num_samples=64", "label.num_references=6",
@@ -82,8 +82,8 @@ def fake_run(tmp_path: Path, monkeypatch) -> Path:
 
 
 def test_defaults_all_valid_references_up_to_16_and_offsets_up_to_twice_max_off(fake_run: Path):
-    from exfacegan.cli import build_parser
-    from exfacegan.cli_offsets import _plan
+    from exfacegan.cli.main import build_parser
+    from exfacegan.cli.offsets import _plan
 
     plan = _plan(build_parser().parse_args(["offsets", str(fake_run), "--device", "cpu"]))
     assert plan.references.tolist() == [0, 2]  # the valid ones

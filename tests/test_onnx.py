@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from onnx import TensorProto, helper
 
 from exfacegan import weights
-from exfacegan.cli import build_embedder
+from exfacegan.cli.networks import build_embedder
 from exfacegan.embedders import IResNet, iresnet, load_onnx_embedder
 from exfacegan.errors import CheckpointError, ConfigError
 

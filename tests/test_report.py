@@ -12,7 +12,7 @@ from PIL import Image
 from sklearn.metrics import roc_curve
 from torch import nn
 
-from exfacegan.cli import main as cli_main
+from exfacegan.cli.main import main as cli_main
 from exfacegan.data.image_folder import ImageFolderDataset
 from exfacegan.errors import DataError
 from exfacegan.stages.analyze import analyze, analyze_run

@@ -15,9 +15,10 @@ import pytest
 from hydra.errors import ConfigCompositionException, InstantiationException
 
 import exfacegan.app
-import exfacegan.cli
+import exfacegan.cli.main
+import exfacegan.cli.report
 import exfacegan.run
-from exfacegan.entry import report_errors, user_error
+from exfacegan.cli.entry import report_errors, user_error
 from exfacegan.errors import CheckpointError, ConfigError, DataError
 
 BASE = ["experiment=smoke", "logger=none", "cache_dir=null"]
@@ -279,11 +280,11 @@ def test_cli_refuses_before_embedding(case, tmp_path, monkeypatch, capsys):
     def refuse(*args, **kwargs):
         raise AssertionError("an embedder was built")
 
-    monkeypatch.setattr(exfacegan.cli, "build_embedder", refuse)
-    monkeypatch.setattr(exfacegan.cli, "run_embedder", refuse)
+    monkeypatch.setattr(exfacegan.cli.report, "build_embedder", refuse)
+    monkeypatch.setattr(exfacegan.cli.report, "run_embedder", refuse)
     argv, fragment = _cli_cases(tmp_path)[case]
     capsys.readouterr()
-    assert exfacegan.cli.main(["report", *argv]) == 2
+    assert exfacegan.cli.main.main(["report", *argv]) == 2
     assert_one_line(2, capsys.readouterr().err.splitlines(), fragment)
 
 

@@ -24,7 +24,7 @@ from exfacegan.loggers import build_logger
 from exfacegan.metrics.sweep_table import TIMINGS_FILE
 from exfacegan.pipeline import RunDirectory, StageCache, fingerprint
 from exfacegan.provenance import write_provenance
-from exfacegan.sweep import records_outcome
+from exfacegan.cli.sweep import records_outcome
 
 log = logging.getLogger("exfacegan")
 

@@ -1,4 +1,4 @@
-"""User-facing errors: each one is reported as a single line, without a traceback (see `exfacegan.entry`)."""
+"""User-facing errors: each one is reported as a single line, without a traceback (see `exfacegan.cli.entry`)."""
 
 import difflib
 from collections.abc import Iterable

@@ -11,8 +11,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from exfacegan.entry import report_errors, run_hydra_app
-from exfacegan.sweep import sweep_continues
+from exfacegan.cli.entry import report_errors, run_hydra_app
+from exfacegan.cli.sweep import sweep_continues
 
 # The configs are the top-level conf/. A source checkout (PYTHONPATH=src, or installed editable) reads its own
 # copy; an installed wheel carries it as the package exfacegan.conf. Either resolves from any working directory.

@@ -5,7 +5,7 @@ Under `torchrun --nproc_per_node=N -m exfacegan.train ...` the same command trai
 import hydra
 from omegaconf import DictConfig
 
-from exfacegan.entry import run_hydra_app, run_hydra_task
+from exfacegan.cli.entry import run_hydra_app, run_hydra_task
 from exfacegan.run import CONFIG_PATH
 
 PROG = "exfacegan.train"

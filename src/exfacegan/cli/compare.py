@@ -12,7 +12,7 @@ def compare(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
     from exfacegan.metrics.compare import write_compare
-    from exfacegan.sweep import log_sweep
+    from exfacegan.cli.sweep import log_sweep
 
     sweep_dir = Path(args.sweep_dir)
     if not sweep_dir.is_dir():

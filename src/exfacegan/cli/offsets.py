@@ -98,7 +98,7 @@ def _plan(args: argparse.Namespace) -> _Plan:
 
 
 def offsets(args: argparse.Namespace) -> int:
-    from exfacegan.cli import run_embedder
+    from exfacegan.cli.networks import run_embedder
     from exfacegan.rebuild import rebuild_network
     from exfacegan.stages.offset_study import offset_study
 

@@ -32,7 +32,7 @@ def _sweep_job_dir() -> Path | None:
 
 def one_line(error: BaseException) -> str:
     """The user-facing message behind `error` (also wrapped by Hydra's instantiate), else its type and first line."""
-    from exfacegan.entry import user_error
+    from exfacegan.cli.entry import user_error
 
     cause = user_error(error)
     lines = str(cause or error).strip().splitlines()

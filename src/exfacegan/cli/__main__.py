@@ -1,0 +1,5 @@
+import sys
+
+from exfacegan.cli.main import main
+
+sys.exit(main())
