@@ -130,7 +130,7 @@ def read_property(path: str | Path) -> tuple[int, int, int]:
     """(number of classes, height, width) from an insightface `property` file: `C,H,W` in ASCII digits."""
     with open(path, "rb") as f:
         text = f.read(_PROPERTY_MAX_BYTES + 1)
-    match = _PROPERTY.fullmatch(text)
+    match = _PROPERTY.fullmatch(text) if len(text) <= _PROPERTY_MAX_BYTES else None
     if match is None:
         raise DataError(f"{path}: expected 'classes,height,width' in ASCII digits, got {text[:60]!r}")
     return int(match[1]), int(match[2]), int(match[3])
