@@ -57,6 +57,15 @@ def check_tensor(tensor, where: str) -> np.ndarray:
     return array
 
 
+def _check_text(graph, source: str) -> None:
+    """Protobuf hands out bytes for strings that are not UTF-8: refuse such names (ops, values, attributes)."""
+    texts = [text for node in graph.node for text in (node.op_type, node.domain, node.name, *node.input, *node.output,
+                                                      *(a.name for a in node.attribute))]
+    texts += [value.name for value in (*graph.input, *graph.output, *graph.initializer)]
+    if not all(isinstance(text, str) for text in texts):
+        raise CheckpointError(f"{source} holds names that are not UTF-8 text")
+
+
 def _attributes(node, where: str) -> dict:
     """The attributes of a node as Python values, each one known to its op and of its ONNX type."""
     from onnx import helper
@@ -81,6 +90,7 @@ class OnnxGraph(nn.Module):
 
     def __init__(self, graph, source: str = "the ONNX model") -> None:
         super().__init__()
+        _check_text(graph, source)
         unknown = sorted({n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}" for n in graph.node}
                          - {*OPS, "Constant"})
         if unknown:
