@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from exfacegan.data.recordio import RecordIODataset, RecordWriter, pack, write_face_records
@@ -163,6 +163,8 @@ def test_fuzzed_folders_give_a_dataset_or_one_error_line(name, edits, cut, repla
                 dataset.read(index)
         except ExFaceGANError as error:
             assert "\n" not in str(error)
+            event(f"refused {name}")
             return
+        event(f"read {name}")
         assert 1 <= len(dataset.classes) <= len(dataset) <= 5
         assert dataset.labels.min() >= 0 and dataset.labels.max() < len(dataset.classes)
