@@ -154,6 +154,12 @@ def _batch_mixing_reshape(model: onnx.ModelProto) -> None:
     model.graph.node.append(helper.make_node("Reshape", ["fc_out", "flat"], ["out"], name="mix"))
 
 
+def _first_image_only(model: onnx.ModelProto) -> None:
+    model.graph.initializer.append(numpy_helper.from_array(np.asarray([0], np.int64), "first"))
+    _node(model, "fc").output[0] = "fc_out"
+    model.graph.node.append(helper.make_node("Gather", ["fc_out", "first"], ["out"], axis=0, name="first"))
+
+
 def _no_output(model: onnx.ModelProto) -> None:
     del _node(model, "pool").output[:]
 
@@ -192,6 +198,7 @@ CASES = {
     "Conv channel mismatch": (_edit(_channel_mismatch), "Conv computing 'c' fails on a batch of 2 images"),
     "identity output declared [1, 4]": (_edit(_identity_output), "has shapes [[2, 3, 8, 8], [3, 3, 8, 8]]"),
     "batch-mixing Reshape": (_edit(_batch_mixing_reshape), "has shapes [[1, 16], [1, 24]]"),
+    "output of the first image only": (_edit(_first_image_only), "has shapes [[1, 8], [1, 8]]"),
     "declared D differs": (_edit(lambda m: m.graph.output[0].CopyFrom(
         helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 16]))), "declared ['N', 16] but computes [N, 8]"),
 }
