@@ -195,6 +195,10 @@ CASES = {
     "output named twice": (_edit(_twice_named), "node 4 (Flatten 'flatten'): outputs ['g']"),
     "two graph outputs": (_edit(_two_outputs), "has 2 outputs"),
     "too few inputs": (_edit(lambda m: _node(m, "prelu").input.pop()), "(PRelu 'prelu'): 1 inputs, needs 2"),
+    "Conv bias of another shape (found by fuzzing)": (_edit(lambda m: _rename_input(m, "conv", 2, "data")),
+                                                      "bias of shape [2, 3, 8, 8] for 4 output channels"),
+    "BatchNormalization scale of another shape": (_edit(lambda m: _rename_input(m, "bn", 1, "GB")),
+                                                  "scale, bias, mean, var of shapes [[8], [4], [4], [4]]"),
     "Conv channel mismatch": (_edit(_channel_mismatch), "Conv computing 'c' fails on a batch of 2 images"),
     "identity output declared [1, 4]": (_edit(_identity_output), "has shapes [[2, 3, 8, 8], [3, 3, 8, 8]]"),
     "batch-mixing Reshape": (_edit(_batch_mixing_reshape), "has shapes [[1, 16], [1, 24]]"),
@@ -296,3 +300,17 @@ def test_fuzzed_graphs_give_an_embedder_or_one_error_line(mutations, flips):
     event("loaded and ran")
     embeddings = embedder(_faces(2))
     assert embeddings.shape == (2, embedder.embedding_dim) and embeddings.dtype == torch.float32
+
+
+def test_every_attribute_the_table_admits_is_a_keyword_of_its_op():
+    import inspect
+
+    from exfacegan.embedders.onnx_ops import ATTRIBUTES, INPUTS, OPS
+
+    assert set(INPUTS) == {*OPS, "Constant"} and set(ATTRIBUTES) - {"Constant"} <= set(OPS)
+    for op, kinds in ATTRIBUTES.items():
+        if op == "Constant":
+            continue
+        parameters = inspect.signature(OPS[op]).parameters.values()
+        names = {p.name for p in parameters if p.kind is p.KEYWORD_ONLY}
+        assert set(kinds) <= names or any(p.kind is p.VAR_KEYWORD for p in parameters), op

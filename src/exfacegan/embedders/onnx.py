@@ -194,6 +194,8 @@ class OnnxGraph(nn.Module):
             except Exception as error:  # any failure on a shape-only batch is a graph the file cannot run
                 message = f"{type(error).__name__}: {error}".splitlines()[0][:300]
                 raise CheckpointError(f"{where} fails on a batch of {batch} images: {message}") from None
+            if out.is_floating_point() and 0 in out.shape:
+                raise CheckpointError(f"{where}: computes an empty tensor {list(out.shape)}")
             if out.numel() > batch * MAX_VALUES_PER_IMAGE:
                 raise CheckpointError(f"{where}: {list(out.shape)} is over {MAX_VALUES_PER_IMAGE} values per image")
             env[outputs[0]] = out

@@ -31,6 +31,8 @@ def _torch_pad(begin: Sequence[int], end: Sequence[int]) -> list[int]:
 def conv(x: Tensor, w: Tensor, b: Tensor | None = None, *, strides=None, pads=None, dilations=None, group=1,
          auto_pad="NOTSET", kernel_shape=None) -> Tensor:
     dims = w.ndim - 2
+    if b is not None and tuple(b.shape) != tuple(w.shape[:1]):  # the meta device does not check it
+        raise ValueError(f"bias of shape {list(b.shape)} for {w.shape[0]} output channels")
     begin, end = _spatial_pads(pads, dims)
     if begin != end:
         x, begin = F.pad(x, _torch_pad(begin, end)), [0] * dims
@@ -58,6 +60,9 @@ def average_pool(x: Tensor, *, kernel_shape, strides=None, pads=None, ceil_mode=
 
 def batch_norm(x: Tensor, scale: Tensor, bias: Tensor, mean: Tensor, var: Tensor, *, epsilon=1e-5, momentum=0.9,
                training_mode=0, spatial=1) -> Tensor:
+    if any(tuple(t.shape) != tuple(x.shape[1:2]) for t in (scale, bias, mean, var)):  # unchecked on meta
+        raise ValueError(f"scale, bias, mean, var of shapes {[list(t.shape) for t in (scale, bias, mean, var)]} "
+                         f"for {x.shape[1:2]} channels")
     return F.batch_norm(x, mean, var, scale, bias, False, 0.0, epsilon)
 
 
@@ -145,7 +150,7 @@ _POOL = {"auto_pad": "string", "ceil_mode": "int", "dilations": "ints", "kernel_
          "strides": "ints"}
 # op -> {attribute: kind} (kinds as ONNX's AttributeProto types); attributes not listed are refused
 ATTRIBUTES: dict[str, dict[str, str]] = {
-    "Conv": {**_POOL, "group": "int"},
+    "Conv": {**{k: v for k, v in _POOL.items() if k != "ceil_mode"}, "group": "int"},
     "BatchNormalization": {"epsilon": "float", "momentum": "float", "training_mode": "int", "spatial": "int"},
     "Gemm": {"alpha": "float", "beta": "float", "transA": "int", "transB": "int"},
     "Cast": {"to": "int", "saturate": "int"},
