@@ -58,12 +58,13 @@ def check_tensor(tensor, where: str) -> np.ndarray:
 
 
 def _check_text(graph, source: str) -> None:
-    """Protobuf hands out bytes for strings that are not UTF-8: refuse such names (ops, values, attributes)."""
+    """Names (ops, values, attributes) must be printable text; protobuf hands out bytes for invalid UTF-8."""
     texts = [text for node in graph.node for text in (node.op_type, node.domain, node.name, *node.input, *node.output,
                                                       *(a.name for a in node.attribute))]
     texts += [value.name for value in (*graph.input, *graph.output, *graph.initializer)]
-    if not all(isinstance(text, str) for text in texts):
-        raise CheckpointError(f"{source} holds names that are not UTF-8 text")
+    bad = next((text for text in texts if not isinstance(text, str) or not text.isprintable()), None)
+    if bad is not None:
+        raise CheckpointError(f"{source} holds a name that is not printable UTF-8 text: {bad!r}")
 
 
 def _attributes(node, where: str) -> dict:

@@ -67,6 +67,8 @@ def batch_norm(x: Tensor, scale: Tensor, bias: Tensor, mean: Tensor, var: Tensor
 
 
 def gemm(a: Tensor, b: Tensor, c: Tensor | None = None, *, alpha=1.0, beta=1.0, transA=0, transB=0) -> Tensor:
+    if a.ndim != 2 or b.ndim != 2:
+        raise ValueError(f"Gemm of {a.ndim}-D and {b.ndim}-D inputs (both must be matrices)")
     out = alpha * ((a.T if transA else a) @ (b.T if transB else b))
     return out if c is None else out + beta * c
 
