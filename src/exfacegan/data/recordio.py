@@ -13,7 +13,9 @@ record 0 (written last) with labels [N + 1, end of the class records]. `train.id
 from __future__ import annotations
 
 import io
+import numbers
 import os
+import re
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -44,8 +46,9 @@ class IRHeader:
 
 
 def pack(label: float | Sequence[float], data: bytes, id: int = 0, id2: int = 0) -> bytes:
-    """IRHeader + data, as `mx.recordio.pack`: a scalar label gives flag 0, a sequence its length."""
-    if isinstance(label, (int, float)):
+    """IRHeader + data, as `mx.recordio.pack`: a scalar label (any number, NumPy's too) gives flag 0, a
+    sequence its length."""
+    if isinstance(label, numbers.Number):
         return _IR_HEADER.pack(0, float(label), id, id2) + data
     labels = np.asarray(label, dtype="<f4")
     return _IR_HEADER.pack(labels.size, 0.0, id, id2) + labels.tobytes() + data
@@ -101,37 +104,74 @@ class RecordWriter:
         self.close()
 
 
-def read_index(idx: str | Path) -> dict[int, int]:
-    """key -> byte offset from a `.idx` file."""
+_INDEX_LINE = re.compile(rb"([0-9]{1,19})\t([0-9]{1,19})\r?\n?")
+_PROPERTY = re.compile(rb"([0-9]{1,19}),([0-9]{1,19}),([0-9]{1,19})\s*")
+_PROPERTY_MAX_BYTES = 4096
+
+
+def read_index(idx: str | Path, rec_size: int | None = None) -> dict[int, int]:
+    """key -> byte offset from a `.idx` file: lines of ASCII digits `key<TAB>offset`; with `rec_size`, every
+    offset must leave room for a record frame in a `.rec` of that many bytes."""
     offsets = {}
-    with open(idx) as f:
+    with open(idx, "rb") as f:
         for number, line in enumerate(f, 1):
-            parts = line.split("\t")
-            if len(parts) != 2 or not all(part.strip().isdigit() for part in parts):
-                raise DataError(f"{idx}:{number}: expected 'key<TAB>offset', got {line.strip()!r}")
-            offsets[int(parts[0])] = int(parts[1])
+            match = _INDEX_LINE.fullmatch(line)
+            if match is None:
+                raise DataError(f"{idx}:{number}: expected 'key<TAB>offset' in ASCII digits, got {line[:60]!r}")
+            key, offset = int(match[1]), int(match[2])
+            if rec_size is not None and offset > rec_size - _FRAME.size:
+                raise DataError(f"{idx}:{number}: offset {offset} of key {key} is past the end of the "
+                                f"{rec_size}-byte record file")
+            offsets[key] = offset
     return offsets
 
 
-def _frame_head(f: io.BufferedIOBase) -> tuple[int, int]:
+def read_property(path: str | Path) -> tuple[int, int, int]:
+    """(number of classes, height, width) from an insightface `property` file: `C,H,W` in ASCII digits."""
+    with open(path, "rb") as f:
+        text = f.read(_PROPERTY_MAX_BYTES + 1)
+    match = _PROPERTY.fullmatch(text) if len(text) <= _PROPERTY_MAX_BYTES else None
+    if match is None:
+        raise DataError(f"{path}: expected 'classes,height,width' in ASCII digits, got {text[:60]!r}")
+    return int(match[1]), int(match[2]), int(match[3])
+
+
+def _name(f: io.BufferedIOBase) -> str:
+    return str(getattr(f, "name", "the RecordIO file"))
+
+
+def _size(f: io.BufferedIOBase) -> int:
+    return os.fstat(f.fileno()).st_size
+
+
+def _frame_head(f: io.BufferedIOBase, size: int) -> tuple[int, int]:
+    """(length, continuation flag) of the frame at the file position; the length fits in the file."""
+    start = f.tell()
     head = f.read(_FRAME.size)
     if len(head) < _FRAME.size:
-        raise DataError(f"RecordIO file {getattr(f, 'name', '')} ends inside a record")
+        raise DataError(f"{_name(f)} ends inside the record at offset {start}")
     magic, lrecord = _FRAME.unpack(head)
     if magic != MAGIC:
-        raise DataError(f"no RecordIO magic number at offset {f.tell() - 8} of {getattr(f, 'name', '')}")
-    return lrecord & _LENGTH_MASK, lrecord >> 29
+        raise DataError(f"no RecordIO magic number at offset {start} of {_name(f)}")
+    length = lrecord & _LENGTH_MASK
+    if length > size - start - _FRAME.size:
+        raise DataError(f"{_name(f)}: the record at offset {start} declares {length} bytes, past the end of the file")
+    return length, lrecord >> 29
 
 
 def read_record(f: io.BufferedIOBase, offset: int) -> bytes:
     """The payload of the record at `offset`, its parts joined by the magic number they were cut at."""
+    size = _size(f)
+    if not 0 <= offset <= size - _FRAME.size:
+        raise DataError(f"{_name(f)}: record offset {offset} is outside the {size}-byte file")
     f.seek(offset)
     parts = []
     while True:
-        length, flag = _frame_head(f)
+        length, flag = _frame_head(f, size)
+        if flag not in ((0, 1) if not parts else (2, 3)):
+            raise DataError(f"{_name(f)}: the record at offset {offset} has a part flagged {flag} "
+                            f"{'first' if not parts else 'after its first part'}")
         parts.append(f.read(length))
-        if len(parts[-1]) < length:
-            raise DataError(f"RecordIO file {getattr(f, 'name', '')} ends inside a record")
         f.seek(-length % 4, os.SEEK_CUR)
         if flag in (0, 3):
             return _MAGIC_BYTES.join(parts)
@@ -139,16 +179,19 @@ def read_record(f: io.BufferedIOBase, offset: int) -> bytes:
 
 def read_header(f: io.BufferedIOBase, offset: int) -> IRHeader:
     """The IRHeader of the record at `offset`, without reading its image (unless the record is split early)."""
+    size = _size(f)
+    if not 0 <= offset <= size - _FRAME.size:
+        raise DataError(f"{_name(f)}: record offset {offset} is outside the {size}-byte file")
     f.seek(offset)
-    length, flag = _frame_head(f)
+    length, flag = _frame_head(f, size)
     if flag != 0 or length < _IR_HEADER.size:
         return unpack(read_record(f, offset))[0]
     fixed = f.read(_IR_HEADER.size)
-    wanted = 4 * _IR_HEADER.unpack(fixed)[0] if len(fixed) == _IR_HEADER.size else 0
-    extra = f.read(wanted)
-    if len(fixed) < _IR_HEADER.size or len(extra) < wanted or wanted > length - _IR_HEADER.size:
-        raise DataError(f"RecordIO file {getattr(f, 'name', '')} ends inside a record")
-    return unpack(fixed + extra)[0]
+    wanted = 4 * _IR_HEADER.unpack(fixed)[0]
+    if wanted > length - _IR_HEADER.size:
+        raise DataError(f"{_name(f)}: the record at offset {offset} declares {wanted // 4} labels in "
+                        f"{length - _IR_HEADER.size} bytes")
+    return unpack(fixed + f.read(wanted))[0]
 
 
 def write_face_records(out_dir: Path, classes: Iterable[Sequence[bytes]], image_size: int = 112) -> int:
@@ -181,25 +224,31 @@ class RecordIODataset(Dataset):
         missing = [name for name in REC_FILES[:2] if not (self.root / name).is_file()]
         if missing:
             raise DataError(f"{self.root} is not a RecordIO dataset: no {', '.join(missing)}")
-        offsets = read_index(self.root / "train.idx")
+        rec, idx = self.root / "train.rec", self.root / "train.idx"
+        offsets = read_index(idx, rec.stat().st_size)
         if 0 not in offsets:
-            raise DataError(f"{self.root / 'train.idx'} has no header record (key 0)")
-        with open(self.root / "train.rec", "rb") as f:
+            raise DataError(f"{idx} has no header record (key 0)")
+        with open(rec, "rb") as f:
             header = read_header(f, offsets[0])
             if header.flag <= 0:
-                raise DataError(f"record 0 of {self.root / 'train.rec'} is not a header (flag {header.flag})")
-            keys = range(1, int(header.label[0]))
-            if not keys:
-                raise DataError(f"{self.root / 'train.rec'} holds no images (header label {header.label})")
-            if any(key not in offsets for key in keys):
-                raise DataError(f"{self.root / 'train.idx'} lacks image keys of 1..{len(keys)}")
+                raise DataError(f"record 0 of {rec} is not a header (flag {header.flag})")
+            end = header.label[0]
+            if not (np.isfinite(end) and end == int(end) and 2 <= end <= len(offsets)):
+                raise DataError(f"record 0 of {rec} gives images 1..{end} - 1, but {idx} lists {len(offsets)} records")
+            keys = range(1, int(end))
+            missing = next((key for key in keys if key not in offsets), None)
+            if missing is not None:
+                raise DataError(f"{idx} lacks image key {missing} of 1..{len(keys)}")
             self.offsets = np.asarray([offsets[key] for key in keys], dtype=np.int64)
             labels = [read_header(f, offset).label for offset in self.offsets]
-        self.labels = np.asarray([lab if isinstance(lab, float) else lab[0] for lab in labels]).astype(np.int64)
+        self.labels = _class_labels(labels, self.offsets, rec)
         num_classes = int(self.labels.max()) + 1
-        declared = (self.root / "property").read_text().split(",")[0] if (self.root / "property").is_file() else ""
-        if declared.strip().isdigit():
-            num_classes = max(num_classes, int(declared))
+        if (self.root / "property").is_file():
+            declared = read_property(self.root / "property")[0]
+            if not num_classes <= declared <= len(self.labels):
+                raise DataError(f"{self.root / 'property'} declares {declared} classes, but {rec} holds "
+                                f"{len(self.labels)} images with labels up to {num_classes - 1}")
+            num_classes = declared
         self.classes = [str(label) for label in range(num_classes)]
         self._file: tuple[int, io.BufferedReader] | None = None
 
@@ -220,3 +269,16 @@ class RecordIODataset(Dataset):
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_file": None}
+
+
+def _class_labels(labels: list[float | tuple[float, ...]], offsets: np.ndarray, rec: Path) -> np.ndarray:
+    """int64 class labels from the images' IRHeader labels (the first one of a sequence): finite integers
+    in [0, number of images)."""
+    values = np.asarray([lab if isinstance(lab, float) else (lab[0] if lab else np.nan) for lab in labels])
+    with np.errstate(invalid="ignore"):
+        bad = ~(np.isfinite(values) & (values == np.round(values)) & (values >= 0) & (values < len(values)))
+    if bad.any():
+        first = int(np.argmax(bad))
+        raise DataError(f"{rec}: image {first + 1} (offset {offsets[first]}) has label {values[first]}; "
+                        f"a class label is an integer in [0, {len(values)}) (at most one class per image)")
+    return values.astype(np.int64)
