@@ -13,6 +13,7 @@ from exfacegan.align.pixel_path import jpeg_round_trip
 from exfacegan.stages.fit import paired_codes
 from exfacegan.stages.sample import latent_codes, paper_normal
 from tests.test_mtcnn import mtcnn_weights  # noqa: F401  (fixture)
+from tests.test_validation import BASE, assert_no_stage, assert_one_line, no_networks, run_in_process  # noqa: F401
 
 DATA = "tests/data/paper_code/paper_code.npz"
 
@@ -85,3 +86,87 @@ def test_jpeg_round_trip_is_pils_decoding_of_pils_file(golden_dir):
     expected = np.asarray(Image.open(buffer).convert("RGB"))
     ours = jpeg_round_trip(torch.from_numpy(image).permute(2, 0, 1)[None], 75)[0].permute(1, 2, 0).numpy()
     assert np.array_equal(ours, expected) and not np.array_equal(ours, image)
+
+
+# --- the *_code profiles and their settings -------------------------------------------------------------------
+
+def _compose(*overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    from exfacegan.run import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def _missing(cfg) -> list[str]:
+    from omegaconf import OmegaConf
+
+    return sorted(OmegaConf.missing_keys(cfg))
+
+
+@pytest.mark.parametrize("experiment, left_to_user", [
+    ("paper_sg2_code", set()), ("paper_sg3_code", set()), ("paper_gan_control_code", {"gan.network.source"}),
+])
+def test_code_profiles_set_every_switch_per_stage(experiment, left_to_user):
+    cfg = _compose(f"experiment={experiment}", "logger=none")
+    assert set(_missing(cfg)) == left_to_user
+    assert cfg.fit.pairing == "position" and cfg.sampling.on_no_face == "drop" and cfg.sampling.per_class == 60
+    assert cfg.boundary.order == "independent"
+    # labelling: BGR, the paper code's files; generating: RGB, warped from the 150 px image, no JPEG before saving
+    assert (cfg.label_align.channel_order, cfg.align.channel_order) == ("bgr", "rgb")
+    assert (cfg.label_align.detect_jpeg, cfg.label_align.face_jpeg) == (75, 95)
+    assert cfg.align.detect_jpeg is None and cfg.align.face_jpeg is None and cfg.align.detect_size == 150
+    assert cfg.align.warp_source == cfg.label_align.warp_source == "detector_input"
+    assert cfg.align.template == cfg.label_align.template == "arcface_shift8"
+    if experiment == "paper_gan_control_code":  # its labelling files are full-size 512 px renders
+        assert cfg.label_align.detect_size is None and cfg.gan.truncation.center == "w_avg"
+    else:
+        assert cfg.label_align.detect_size == 150 and cfg.sample.z_stream == "paper"
+        assert cfg.gan.truncation.center == "zero" and cfg.gan.precision == "fp16"
+    expected_gan = {"paper_sg2_code": "stylegan2-ffhq-1024", "paper_sg3_code": "stylegan3-r-ffhq-1024"}
+    if experiment in expected_gan:
+        assert cfg.gan.network.source == expected_gan[experiment]
+
+
+def test_paper_profiles_keep_the_correct_method():
+    cfg = _compose("experiment=paper_sg2", "logger=none")
+    assert cfg.get("label_align") is None and cfg.sample.z_stream == "seeded" and cfg.fit.pairing == "reference"
+    assert cfg.align.warp_source == "render" and cfg.align.detect_jpeg is None
+
+
+def test_the_sample_stage_aligns_with_label_align_and_generate_with_align():
+    from exfacegan.align.template import FFHQTemplateAligner, ResizeAligner
+    from exfacegan.app import Components, stage_fingerprints
+
+    plain = _compose("experiment=smoke", "logger=none")
+    cfg = _compose("experiment=smoke", "logger=none", "align@label_align=none")
+    parts = Components(cfg, torch.device("cpu"))
+    assert isinstance(parts.label_aligner, ResizeAligner) and isinstance(parts.aligner, FFHQTemplateAligner)
+    without = Components(plain, torch.device("cpu"))
+    assert without.label_aligner is without.aligner
+    assert stage_fingerprints(cfg)["sample"] != stage_fingerprints(plain)["sample"]
+    moved = _compose("experiment=smoke", "logger=none", "fit.pairing=position")
+    assert stage_fingerprints(moved)["fit"] != stage_fingerprints(plain)["fit"]
+    assert stage_fingerprints(moved)["label"] == stage_fingerprints(plain)["label"]
+
+
+CODE_CASES = {
+    "sample.z_stream=numpy": "sample.z_stream",
+    "fit.pairing=index": "fit.pairing",
+    "align=mtcnn align.warp_source=full": "MTCNN warp_source",
+    "align=mtcnn align.detect_jpeg=0": "MTCNN detect_jpeg",
+    "align=mtcnn align.face_jpeg=101": "MTCNN face_jpeg",
+    "align@label_align=mtcnn label_align.channel_order=grb": "label_align: MTCNN channel_order",
+    "align@label_align=mtcnn label_align.detect_size=0": "label_align.detect_size",
+    "align@label_align=mtcnn label_align.template=shift": "label_align.template",
+    "align@label_align=mtcnn label_align.face_jpeg=true": "label_align: MTCNN face_jpeg",
+}
+
+
+@pytest.mark.parametrize("overrides", list(CODE_CASES))
+def test_code_settings_refused_before_any_network_in_one_line(overrides, tmp_path, monkeypatch, capsys, no_networks):
+    run = tmp_path / "run"
+    status, lines = run_in_process([*BASE, f"run_dir={run}", *overrides.split()], monkeypatch, capsys)
+    assert_one_line(status, lines, CODE_CASES[overrides])
+    assert_no_stage(run)
