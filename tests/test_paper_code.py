@@ -170,3 +170,22 @@ def test_code_settings_refused_before_any_network_in_one_line(overrides, tmp_pat
     status, lines = run_in_process([*BASE, f"run_dir={run}", *overrides.split()], monkeypatch, capsys)
     assert_one_line(status, lines, CODE_CASES[overrides])
     assert_no_stage(run)
+
+
+def test_fit_stage_stores_the_codes_position_pairing_moves(tmp_path):
+    from exfacegan.stages.fit import fit
+
+    rng = np.random.default_rng(0)
+    latents = rng.standard_normal((12, 4)).astype(np.float32)
+    references = np.array([0, 1, 3, 4])  # code 2 had no face: from boundary 2 on, position pairing moves code r
+    labels = np.where(latents[None, :, 0] * (1 + np.arange(4))[:, None] > 0, 1, 0).astype(np.int8)
+    labels[np.arange(4), references] = -1
+    out = {}
+    for pairing in ("reference", "position"):
+        path = fit(tmp_path / pairing, latents, labels, references, solver="ridge", pairing=pairing, progress=False)
+        out[pairing] = dict(np.load(path.boundaries))
+    assert out["reference"]["paired_codes"].tolist() == [0, 1, 3, 4]
+    assert out["position"]["paired_codes"].tolist() == [0, 1, 2, 3]
+    assert np.array_equal(out["position"]["reference_latents"], latents[[0, 1, 2, 3]])
+    assert np.array_equal(out["reference"]["reference_latents"], latents[[0, 1, 3, 4]])
+    assert np.array_equal(out["position"]["normals"], out["reference"]["normals"])  # the boundaries stay the same
