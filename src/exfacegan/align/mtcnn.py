@@ -209,12 +209,15 @@ class MTCNNAligner(nn.Module):
         pixels = to_pixels(images)
         return pixels if self.detect_jpeg is None else jpeg_round_trip(pixels, self.detect_jpeg)
 
+    def _find(self, pixels: torch.Tensor) -> Detections:
+        """The detector on uint8 RGB pixels, in the configured channel order; coordinates of `pixels`."""
+        return self.detector(pixels.flip(1) if self.channel_order == "bgr" else pixels)
+
     def detect(self, images: torch.Tensor) -> Detections:
         """Every face in the batch, in input pixel coordinates."""
         height, width = images.shape[-2:]
         side = self.detect_size
-        pixels = self.detector_input(images)
-        found = self.detector(pixels.flip(1) if self.channel_order == "bgr" else pixels)
+        found = self._find(self.detector_input(images))
         if side is None:
             return found
         # Legacy nearest reads input pixel floor(j L / side) for output pixel j: on average j L / side - delta.
@@ -242,9 +245,11 @@ class MTCNNAligner(nn.Module):
             faces = align_to_template(images, points, found, self.target, self.size)
         else:  # the paper code's norm_crop: warp the face from the (small, JPEG-decoded) image it detected on
             pixels = self.detector_input(images)
-            points, found = self.landmarks(pixels, self.detector(pixels.flip(1) if self.channel_order == "bgr" else pixels))
-            matrices = estimate_similarity(points.double().cpu(), self.target.double().cpu())
-            faces = to_unit_range(warp_pixels(pixels, matrices, self.size)) * found[:, None, None, None]
+            points, found = self.landmarks(pixels, self._find(pixels))
+            faces = images.new_zeros(len(images), 3, self.size, self.size)
+            if found.any():
+                matrices = estimate_similarity(points[found].double().cpu(), self.target.double().cpu())
+                faces[found] = to_unit_range(warp_pixels(pixels[found.to(pixels.device)], matrices, self.size)).to(faces.device)
         if self.face_jpeg is not None:
             faces = to_unit_range(jpeg_round_trip(to_pixels(faces), self.face_jpeg)) * found[:, None, None, None]
         return faces, found

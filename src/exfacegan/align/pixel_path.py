@@ -37,7 +37,8 @@ def jpeg_round_trip(pixels: torch.Tensor, quality: int) -> torch.Tensor:
 
 def warp_pixels(pixels: torch.Tensor, matrices: torch.Tensor, size: int) -> torch.Tensor:
     """uint8 faces [N, 3, size, size]: uint8 images [N, 3, H, W] warped by matrices [N, 2, 3] (pixel centres) with
-    plain bilinear interpolation, zero outside, rounded: what OpenCV's `warpAffine` does (no antialiasing)."""
+    plain bilinear interpolation, zero outside, rounded: OpenCV's `warpAffine` (no antialiasing), in floating point
+    where OpenCV rounds positions to 1/32 px and weights to 15 bits (so a value may differ by 1)."""
     warped = warp_affine(pixels.float(), matrices.to(pixels.device, torch.float32), dsize=(size, size),
                          mode="bilinear", padding_mode="zeros", align_corners=True)
     return warped.round().clamp(0, 255).to(torch.uint8)
