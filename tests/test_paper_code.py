@@ -3,6 +3,7 @@ make_paper_code_data.py there from the paper code's scripts): its z stream, its 
 photographs, and which code each of its boundaries moves."""
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from exfacegan.stages.sample import latent_codes, paper_normal
 from tests.test_mtcnn import mtcnn_weights  # noqa: F401  (fixture)
 from tests.test_validation import BASE, assert_no_stage, assert_one_line, no_networks, run_in_process  # noqa: F401
 
-DATA = "tests/data/paper_code/paper_code.npz"
+DATA = Path(__file__).parent / "data" / "paper_code" / "paper_code.npz"
 
 
 @pytest.fixture(scope="module")
