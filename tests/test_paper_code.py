@@ -13,8 +13,8 @@ from exfacegan.align import MTCNNAligner
 from exfacegan.align.pixel_path import jpeg_round_trip
 from exfacegan.stages.fit import paired_codes
 from exfacegan.stages.sample import latent_codes, paper_normal
-from tests.test_mtcnn import mtcnn_weights  # noqa: F401  (fixture)
-from tests.test_validation import BASE, assert_no_stage, assert_one_line, no_networks, run_in_process  # noqa: F401
+from test_mtcnn import mtcnn_weights  # noqa: F401  (fixture)
+from test_validation import BASE, assert_no_stage, assert_one_line, no_networks, run_in_process  # noqa: F401
 
 DATA = Path(__file__).parent / "data" / "paper_code" / "paper_code.npz"
 
