@@ -55,10 +55,11 @@ def stage_fingerprints(cfg: DictConfig) -> dict[str, str]:
     gan = _stable({k: v for k, v in cfg.gan.items() if k != "small"})
     boundary = _stable(cfg.boundary)
     margin = boundary.pop("margin", 0.0)
-    sample = fingerprint({"gan": gan, "embedder": _stable(cfg.embedder), "align": _stable(cfg.align), "sample": _stable(cfg.sample)})
+    label_align = {"label_align": _stable(cfg.label_align)} if cfg.get("label_align") is not None else {}
+    sample = fingerprint({"gan": gan, "embedder": _stable(cfg.embedder), "align": _stable(cfg.align), "sample": _stable(cfg.sample), **label_align})
     controls_label, controls_generate = identity_controls_payload(cfg)
     label = fingerprint({"up": sample, "label": _stable(cfg.label), "margin": margin, **controls_label})
-    fit = fingerprint({"up": label, "boundary": boundary})
+    fit = fingerprint({"up": label, "boundary": boundary, **_stable(cfg.fit)})
     generate = fingerprint({"up": fit, "gan": gan, "align": _stable(cfg.align), "sampling": _stable(cfg.sampling), "dataset": _stable(cfg.dataset), **_stable(controls_generate)})
     analyze = fingerprint({"up": generate, "analyze": _stable(cfg.analyze), "embedder": _stable(cfg.embedder)})
     return {"sample": sample, "label": label, "fit": fit, "generate": generate, "merge": generate, "analyze": analyze}
@@ -103,6 +104,12 @@ class Components:
     def aligner(self) -> torch.nn.Module:
         return self._get("aligner", lambda: self._network(self.cfg.align))
 
+    @property
+    def label_aligner(self) -> torch.nn.Module:
+        """The sample (labelling) stage's aligner: `label_align` when a config sets it, else `align`."""
+        node = self.cfg.get("label_align")
+        return self.aligner if node is None else self._get("label_aligner", lambda: self._network(node))
+
 
 def _truncation(cfg: DictConfig) -> Truncation:
     return Truncation(**OmegaConf.to_container(cfg.gan.truncation, resolve=True))
@@ -112,10 +119,11 @@ def run_sample(cfg: DictConfig, run: RunDirectory, out: Path, parts: Components,
     from exfacegan.stages.sample import sample
 
     artifacts = sample(
-        out, parts.generator, parts.aligner, parts.embedder,
+        out, parts.generator, parts.label_aligner, parts.embedder,
         num_samples=cfg.sample.num_samples, seed=cfg.sample.seed, truncation=_truncation(cfg),
         noise_mode=cfg.gan.noise_mode, precision=cfg.gan.precision, batch_size=cfg.sample.batch_size,
         device=parts.device, preview=cfg.sample.preview, randomize_attributes=cfg.sample.randomize_attributes,
+        z_stream=cfg.sample.get("z_stream", "seeded"),
     )
     found = np.load(artifacts.latents)["found"]
     logger.log_metrics({"num_samples": len(found), "faces_found": int(found.sum())}, "sample")
@@ -150,11 +158,16 @@ def run_fit(cfg: DictConfig, run: RunDirectory, out: Path, parts: Components, lo
     solver = options.pop("solver")
     if "device" in options:
         options["device"] = str(parts.device) if options["device"] == "auto" else options["device"]
+    pairing = cfg.fit.get("pairing", "reference")
     artifacts = fit(out, latents, labelled["labels"], labelled["references"], solver=solver,
-                    references_per_chunk=cfg.fit.references_per_chunk, **options)
+                    references_per_chunk=cfg.fit.references_per_chunk, pairing=pairing, **options)
     result = np.load(artifacts.boundaries)
     valid = result["valid"]
+    moved = int((result["paired_codes"] != result["references"]).sum())
+    if moved:
+        log.info("fit.pairing=%s: %d of %d boundaries move another code than their reference's", pairing, moved, len(valid))
     logger.log_metrics({
+        "pairing_moved_references": moved,
         "val_accuracy_mean": float(result["val_accuracy"][valid].mean()) if valid.any() else float("nan"),
         "train_accuracy_mean": float(result["train_accuracy"][valid].mean()) if valid.any() else float("nan"),
         "invalid_references": int((~valid).sum()),

@@ -120,6 +120,9 @@ PRECISION = Setting(str, check=_precision)
 EMBEDDER = {"precision": PRECISION, "network.num_jitters": Setting(int, low=0),
             "network.padding": Setting(float, low=0), "path": TEXT, "checkpoint": TEXT,
             "mean": Setting(object, check=_channels("mean")), "std": Setting(object, check=_channels("std"))}
+ALIGN = {"size": COUNT, "template": Setting(str, check=_template), "detector": Setting(str, choices=("hog", "cnn")),
+         "upsample": Setting(int, low=0), "min_score": Setting(float), "min_face_size": Setting(int, low=0),
+         "detect_size": Setting(int, low=1, null=True)}
 # Every setting that no option object below checks. Keys a group option lacks are skipped.
 SETTINGS: dict[str, Setting] = {
     "run_dir": Setting(str, null=True),
@@ -135,6 +138,8 @@ SETTINGS: dict[str, Setting] = {
     "sample.batch_size": COUNT,
     "sample.preview": COUNT,
     "sample.randomize_attributes": FLAG,
+    "sample.z_stream": Setting(str, choices=("seeded", "paper")),
+    "fit.pairing": Setting(str, choices=("reference", "position")),
     "fit.references_per_chunk": COUNT,
     "generate.shard": Setting(int, low=0),
     "generate.num_shards": COUNT,
@@ -146,13 +151,8 @@ SETTINGS: dict[str, Setting] = {
     "analyze.grid_images": COUNT,
     **{f"embedder.{key}": rule for key, rule in EMBEDDER.items()},
     **{f"analyze.judge.{key}": rule for key, rule in EMBEDDER.items()},
-    "align.size": COUNT,
-    "align.template": Setting(str, check=_template),
-    "align.detector": Setting(str, choices=("hog", "cnn")),
-    "align.upsample": Setting(int, low=0),
-    "align.min_score": Setting(float),
-    "align.min_face_size": Setting(int, low=0),
-    "align.detect_size": Setting(int, low=1, null=True),
+    **{f"align.{key}": rule for key, rule in ALIGN.items()},
+    **{f"label_align.{key}": rule for key, rule in ALIGN.items()},
     "label.num_references": Setting(int, low=1, null=True),
     "label.pool_size": Setting(int, low=2, null=True),
     "label.chunk_size": COUNT,
@@ -244,11 +244,17 @@ def _check_option_objects(cfg: DictConfig) -> None:
     OffsetSpec(**_typed_options(OffsetSpec, _value(cfg, "sampling"), "sampling"))
     Truncation(**_typed_options(Truncation, _value(cfg, "gan.truncation"), "gan.truncation"))
     GenerateSpec.from_config(cfg)
-    align = _value(cfg, "align")
-    if str(align.pop("_target_", "")).endswith("MTCNNAligner"):
-        from exfacegan.align.mtcnn import check_mtcnn_settings
+    for key in ("align", "label_align"):
+        align = _value(cfg, key)
+        if align is _ABSENT or align is None:
+            continue
+        if str(align.pop("_target_", "")).endswith("MTCNNAligner"):
+            from exfacegan.align.mtcnn import check_mtcnn_settings
 
-        check_mtcnn_settings(**align)
+            try:
+                check_mtcnn_settings(**align)
+            except ConfigError as error:
+                raise ConfigError(f"{key}: {error}" if key != "align" else str(error)) from None
 
 
 def _check_identity_controls(cfg: DictConfig) -> None:

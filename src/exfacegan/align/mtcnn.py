@@ -28,7 +28,8 @@ from torch import nn
 
 from exfacegan.align.mtcnn_nets import load_mtcnn_nets, mtcnn_weights_dir
 from exfacegan.align.mtcnn_ops import area_resample, crop_windows, integral_image, nms, regress, square
-from exfacegan.align.template import FACE_SIZE, align_to_template, scaled_template, template_points
+from exfacegan.align.pixel_path import WARP_SOURCES, check_jpeg_quality, jpeg_round_trip, warp_pixels
+from exfacegan.align.template import FACE_SIZE, align_to_template, estimate_similarity, scaled_template, template_points
 from exfacegan.errors import ConfigError
 from exfacegan.imaging import check_batch, to_pixels, to_unit_range
 
@@ -55,8 +56,13 @@ def _check_cascade(min_face_size: float, thresholds: tuple[float, float, float],
         raise ConfigError(f"MTCNN factor (pyramid scale step) must be in (0, 1), got {factor}")
 
 
-def _check_settings(min_face_size, thresholds, factor, detect_size, channel_order, template, size, weights) -> Path:
+def _check_settings(min_face_size, thresholds, factor, detect_size, channel_order, template, size, weights,
+                    warp_source="render", detect_jpeg=None, face_jpeg=None) -> Path:
     _check_cascade(min_face_size, thresholds, factor)
+    if warp_source not in WARP_SOURCES:
+        raise ConfigError(f"MTCNN warp_source must be one of {WARP_SOURCES}, got {warp_source!r}")
+    check_jpeg_quality("detect_jpeg", detect_jpeg)
+    check_jpeg_quality("face_jpeg", face_jpeg)
     if detect_size is not None and detect_size < 12:
         raise ConfigError(f"MTCNN detect_size must be null or >= 12 pixels, got {detect_size}")
     if channel_order not in CHANNEL_ORDERS:
@@ -166,6 +172,11 @@ class MTCNNAligner(nn.Module):
     as the paper code resizes its 1024 images to 150), points mapped back; the warp reads the full
     image. channel_order="bgr" feeds the detector BGR (the paper code's labelling path). weights: a
     folder with pnet.pt, rnet.pt, onet.pt; None: the installed facenet-pytorch's data folder.
+
+    The paper code's files between its steps: detect_jpeg (quality) round-trips the detector's input
+    (resized, rounded to uint8) through JPEG first; warp_source="detector_input" warps the face from that
+    input with plain bilinear interpolation (its `norm_crop` on the 150 px image) instead of from the full
+    render with antialiasing ("render"); face_jpeg (quality) round-trips the aligned face through JPEG.
     """
 
     def __init__(
@@ -178,22 +189,35 @@ class MTCNNAligner(nn.Module):
         template: str = "arcface",
         size: int = FACE_SIZE,
         weights: str | Path | None = None,
+        warp_source: str = "render",
+        detect_jpeg: int | None = None,
+        face_jpeg: int | None = None,
     ) -> None:
         super().__init__()
-        _check_settings(min_face_size, thresholds, factor, detect_size, channel_order, template, size, weights)
+        _check_settings(min_face_size, thresholds, factor, detect_size, channel_order, template, size, weights,
+                        warp_source, detect_jpeg, face_jpeg)
         self.detect_size, self.channel_order, self.size = detect_size, channel_order, int(size)
+        self.warp_source, self.detect_jpeg, self.face_jpeg = warp_source, detect_jpeg, face_jpeg
         self.register_buffer("target", scaled_template(template, self.size), persistent=False)
         self.detector = MTCNNDetector(min_face_size, tuple(thresholds), factor, weights)
 
+    def detector_input(self, images: torch.Tensor) -> torch.Tensor:
+        """The uint8 RGB images the detector reads: resized to detect_size (nearest), JPEG round trip if asked."""
+        check_batch(images)
+        if self.detect_size is not None:  # nearest neighbour only selects pixels: resizing first is the same, and cheaper
+            images = F.interpolate(images, size=(self.detect_size, self.detect_size), mode="nearest")
+        pixels = to_pixels(images)
+        return pixels if self.detect_jpeg is None else jpeg_round_trip(pixels, self.detect_jpeg)
+
+    def _find(self, pixels: torch.Tensor) -> Detections:
+        """The detector on uint8 RGB pixels, in the configured channel order; coordinates of `pixels`."""
+        return self.detector(pixels.flip(1) if self.channel_order == "bgr" else pixels)
+
     def detect(self, images: torch.Tensor) -> Detections:
         """Every face in the batch, in input pixel coordinates."""
-        check_batch(images)
         height, width = images.shape[-2:]
         side = self.detect_size
-        if side is not None:  # nearest neighbour only selects pixels: resizing first is the same, and cheaper
-            images = F.interpolate(images, size=(side, side), mode="nearest")
-        pixels = to_pixels(images)
-        found = self.detector(pixels.flip(1) if self.channel_order == "bgr" else pixels)
+        found = self._find(self.detector_input(images))
         if side is None:
             return found
         # Legacy nearest reads input pixel floor(j L / side) for output pixel j: on average j L / side - delta.
@@ -203,9 +227,9 @@ class MTCNNAligner(nn.Module):
         found.boxes = (found.boxes.view(-1, 2, 2) * scale - delta).view(-1, 4)
         return found
 
-    def landmarks(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def landmarks(self, images: torch.Tensor, found: Detections | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Five points [N, 5, 2] of each image's largest face (float32, input pixels; zeros where none), found [N]."""
-        found = self.detect(images)
+        found = self.detect(images) if found is None else found
         first = torch.ones_like(found.image, dtype=torch.bool)
         first[1:] = found.image[1:] != found.image[:-1]
         points = found.points.new_zeros(len(images), 5, 2)
@@ -216,8 +240,19 @@ class MTCNNAligner(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         images = to_unit_range(images)
-        points, found = self.landmarks(images)
-        return align_to_template(images, points, found, self.target, self.size), found
+        if self.warp_source == "render":
+            points, found = self.landmarks(images)
+            faces = align_to_template(images, points, found, self.target, self.size)
+        else:  # the paper code's norm_crop: warp the face from the (small, JPEG-decoded) image it detected on
+            pixels = self.detector_input(images)
+            points, found = self.landmarks(pixels, self._find(pixels))
+            faces = images.new_zeros(len(images), 3, self.size, self.size)
+            if found.any():
+                matrices = estimate_similarity(points[found].double().cpu(), self.target.double().cpu())
+                faces[found] = to_unit_range(warp_pixels(pixels[found.to(pixels.device)], matrices, self.size)).to(faces.device)
+        if self.face_jpeg is not None:
+            faces = to_unit_range(jpeg_round_trip(to_pixels(faces), self.face_jpeg)) * found[:, None, None, None]
+        return faces, found
 
 
 def check_mtcnn_settings(**settings: Any) -> Path:

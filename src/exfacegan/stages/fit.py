@@ -29,6 +29,7 @@ def fit(
     solver: str = "svm",
     references_per_chunk: int = 1024,
     progress: bool = True,
+    pairing: str = "reference",
     **options: Any,
 ) -> FitArtifacts:
     """Write `boundaries.npz` into `out_dir`.
@@ -36,7 +37,13 @@ def fit(
     References are fitted `references_per_chunk` at a time and each finished chunk is saved under
     `out_dir/chunks`, so an interrupted call resumes with the next chunk; the result does not depend
     on the chunk size (see `fit_boundaries(rows=...)`).
+
+    `pairing` says which code each boundary will move (`paired_codes`, `reference_latents`): `reference` its
+    reference's; `position` code r for boundary r, as the paper code's `create_dataset.py` pairs them (it loads the
+    latent named by the boundary's number, which is the reference's position among the images with a face, not
+    the image's number), so after the first code without a face boundaries move other codes than their own.
     """
+    paired = paired_codes(references, len(latents), pairing)
     if labels.shape != (len(references), len(latents)):
         raise DataError(
             f"labels have shape {labels.shape}, expected [{len(references)} references, {len(latents)} codes]; "
@@ -70,7 +77,22 @@ def fit(
         artifacts.boundaries,
         normals=result["normals"], intercepts=result["intercepts"], val_accuracy=result["val_accuracy"],
         train_accuracy=result["train_accuracy"], valid=result["valid"], references=references,
-        reference_latents=latents[references],
+        paired_codes=paired, reference_latents=latents[paired],
     )
     chunks.remove()
     return artifacts
+
+
+PAIRINGS = ("reference", "position")
+
+
+def paired_codes(references: np.ndarray, num_codes: int, pairing: str = "reference") -> np.ndarray:
+    """Index of the code each boundary moves: its reference (`reference`), or code r for boundary r (`position`)."""
+    if pairing not in PAIRINGS:
+        raise ConfigError(f"fit.pairing must be one of {', '.join(PAIRINGS)}, got {pairing!r}")
+    references = np.asarray(references, dtype=np.int64)
+    if pairing == "reference":
+        return references
+    if len(references) > num_codes:
+        raise DataError(f"fit.pairing=position needs as many codes as references, got {num_codes} < {len(references)}")
+    return np.arange(len(references), dtype=np.int64)

@@ -8,6 +8,7 @@ as a saved image holds them: clamped and rounded to uint8.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,27 @@ def seeded_normal(seeds: np.ndarray, dim: int) -> np.ndarray:
     return np.stack([np.random.default_rng(int(s)).standard_normal(dim) for s in seeds]).astype(np.float32)
 
 
+Z_STREAMS = ("seeded", "paper")
+
+
+def paper_normal(num_samples: int, dim: int, seed: int) -> np.ndarray:
+    """All codes at once as the paper code's `LatsDataset` draws them: `np.random.seed(seed)` then
+    `np.random.randn(num_samples, dim)` (float64), cast to float32 as its generator wrapper does."""
+    return np.random.RandomState(seed).randn(num_samples, dim).astype(np.float32)
+
+
+def latent_codes(num_samples: int, dim: int, seed: int, z_stream: str = "seeded") -> Callable[[np.ndarray], np.ndarray]:
+    """z [len(rows), dim] of the sample rows asked for: `seeded` one generator per code (independent of batching
+    and of num_samples), `paper` the paper code's one stream for all codes (code i depends on i only)."""
+    if z_stream not in Z_STREAMS:
+        raise ConfigError(f"sample.z_stream must be one of {', '.join(Z_STREAMS)}, got {z_stream!r}")
+    if z_stream == "paper":
+        stream = paper_normal(num_samples, dim, seed)
+        return lambda rows: stream[rows]
+    seeds = latent_seeds(num_samples, seed)
+    return lambda rows: seeded_normal(seeds[rows], dim)
+
+
 def sample(
     out_dir: Path,
     generator: nn.Module,
@@ -56,11 +78,13 @@ def sample(
     device: str | torch.device = "cpu",
     preview: int = 16,
     randomize_attributes: bool = False,
+    z_stream: str = "seeded",
 ) -> SampleArtifacts:
     """Write `latents.npz`, `embeddings.npy` and `preview.png` into `out_dir`.
 
     `randomize_attributes` lets a backbone with attribute controllers (GAN-Control) draw random
     pose, age, illumination and expression per sample; the paper labels images without them.
+    `z_stream`: how z is drawn (`latent_codes`); `paper` is the paper code's `np.random.randn` stream.
 
     Work is saved per batch under `out_dir/chunks`, so an interrupted call resumes where it stopped.
     """
@@ -68,6 +92,7 @@ def sample(
         raise ConfigError(f"sample.num_samples must be at least 2, got {num_samples}")
     out_dir = Path(out_dir)
     seeds = latent_seeds(num_samples, seed)
+    codes = latent_codes(num_samples, generator.z_dim, seed, z_stream)
     chunks = ChunkStore(out_dir / "chunks")
     starts = list(range(0, num_samples, batch_size))
     preview_rows: list[torch.Tensor] = []
@@ -76,7 +101,7 @@ def sample(
         need_preview = start < preview
         if chunks.done(start) and not need_preview:
             continue
-        z = torch.from_numpy(seeded_normal(batch_seeds, generator.z_dim)).to(device)
+        z = torch.from_numpy(codes(np.arange(start, start + len(batch_seeds)))).to(device)
         w = truncation.sampled(generator, map_z(generator, z))
         images = synthesize(
             generator, w, truncation=truncation, noise_mode=noise_mode,
