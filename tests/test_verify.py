@@ -388,3 +388,19 @@ def test_verify_passes_on_a_killed_and_resumed_run_and_a_sharded_run(smoke, tmp_
         assert (run / "generate/manifest.csv").read_bytes() == expected
         status, out, _ = _verify(capsys, run, "--regenerate", 2)
         assert status == 0 and len(out) == 2, out
+
+
+def test_pixels_are_compared_within_the_tolerance_when_the_environment_differs(tmp_path):
+    from exfacegan.stages.verify import PIXEL_TOLERANCE, _class_difference
+
+    base = np.random.default_rng(0).integers(20, 200, (8, 8, 3), dtype=np.uint8)
+    disk, fresh = tmp_path / "run", tmp_path / "fresh"
+    for folder, image in ((disk / "dataset/00000", base), (fresh / "00000", base + 1)):
+        folder.mkdir(parents=True)
+        Image.fromarray(image).save(folder / "00000_000.png")
+    expected = {"00000/00000_000.png": _sha256(disk / "dataset/00000/00000_000.png")}
+    rendered = {"00000/00000_000.png": _sha256(fresh / "00000/00000_000.png")}
+    assert "differ in bytes" in _class_difference(rendered, expected, fresh, disk, "dataset", True)
+    assert _class_difference(rendered, expected, fresh, disk, "dataset", False) is None  # 1 <= tolerance
+    Image.fromarray(base + PIXEL_TOLERANCE + 1).save(fresh / "00000/00000_000.png")
+    assert "differ by more than" in _class_difference(rendered, expected, fresh, disk, "dataset", False)

@@ -14,20 +14,21 @@ from exfacegan.errors import ConfigError
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from exfacegan.stages.verify import check_files, locate, regenerate, summary
+    from exfacegan.stages.verify import check_files, locate, plan_regeneration, regenerate, summary
 
     if args.regenerate < 0:
         raise ConfigError(f"--regenerate must be >= 0, got {args.regenerate}")
     if args.seed < 0:
         raise ConfigError(f"--seed must be >= 0, got {args.seed}")
     listing = locate(Path(args.path))
+    plan = plan_regeneration(listing, args.regenerate, args.seed) if args.regenerate else None
     outcome = check_files(listing)
     for line in outcome.lines:
         print(line)
     print(summary(listing, outcome))
     clean = outcome.clean
-    if args.regenerate:
-        result = regenerate(listing, args.regenerate, args.seed, args.device)
+    if plan is not None:
+        result = regenerate(plan, listing, args.device)
         for line in result.lines:
             print(line)
         names = ", ".join(f"{cls:05d}" for cls in result.classes)

@@ -21,6 +21,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -44,6 +45,7 @@ class Listing:
     root: Path
     kind: str  # run | generate | export
     table: str  # the file that lists the images, relative to root
+    present: list[str]  # the files found in the folder the table lists, relative to root
     files: dict[str, str] = field(default_factory=dict)
     manifest: list[dict[str, str]] = field(default_factory=list)  # generate's rows (run or generate folder)
     ignored: set[str] = field(default_factory=set)  # files that list the others (the card)
@@ -98,7 +100,7 @@ def _generate_listing(root: Path, prefix: str, kind: str) -> Listing:
     # Missing images are reported one by one, but a table that lists far more than the folder holds is no manifest.
     limit = 2 * len(present) + 100
     rows = list(iter_table(root, table, MANIFEST_FIELDS[:-1], max_rows=limit))
-    listing = Listing(root, kind, table, manifest=rows)
+    listing = Listing(root, kind, table, present, manifest=rows)
     for number, row in enumerate(rows, start=2):
         if "sha256" not in row:
             raise DataError(f"{root / table} has no sha256 column (written by an exfacegan without image hashes); "
@@ -152,10 +154,12 @@ def _export_listing(root: Path) -> Listing:
     size = sum((root / name).stat().st_size for name in present)
     if claimed is None or claimed > size // MIN_IMAGE_BYTES:
         raise DataError(f"{root / CARD} claims {claimed} images, which its {size} bytes of files cannot hold; refused")
-    listing = Listing(root, "export", SAMPLES, files=dict(files), ignored={CARD})
+    listing = Listing(root, "export", f"{CARD} and {SAMPLES}", present, files=dict(files), ignored={CARD})
     folder_format = "train.rec" not in files and not any(name.startswith("shard-") for name in files)
     rows = 0
     for rows, row in enumerate(iter_table(root, SAMPLES, SAMPLES_FIELDS, max_rows=claimed), start=1):
+        if not row["sha256"]:
+            raise DataError(f"{root / SAMPLES}: line {rows + 1} has no sha256")
         if folder_format:
             if row["key"] in listing.files:
                 raise DataError(f"{root / SAMPLES} lists {row['key']} a second time")
@@ -175,8 +179,7 @@ def sha256_inside(root: Path, relative: str, chunk: int = 1 << 20) -> str:
 
 def check_files(listing: Listing) -> Outcome:
     """Re-hash every listed file; one line per missing, altered or unlisted file."""
-    present = set(_walk(listing.root, "generate/dataset" if listing.kind == "run" else
-                        "dataset" if listing.kind == "generate" else ""))
+    present = set(listing.present)
     outcome = Outcome()
     for name in tqdm(sorted(listing.files), desc="verify", unit="file", file=sys.stderr, disable=None):
         if name not in present:
@@ -191,7 +194,7 @@ def check_files(listing: Listing) -> Outcome:
     return outcome
 
 
-def _iter_rows_by_class(rows: list[dict[str, str]]) -> dict[int, dict[str, str]]:
+def _images_by_class(rows: list[dict[str, str]]) -> dict[int, dict[str, str]]:
     classes: dict[int, dict[str, str]] = {}
     for row in rows:
         if row["path"]:
@@ -206,14 +209,29 @@ class Regenerated:
     comparison: str
 
 
-def regenerate(listing: Listing, count: int, seed: int, device: str) -> Regenerated:
-    """Re-render `count` classes chosen with `seed` and compare them with the manifest's files."""
-    import torch
+@dataclass(frozen=True)
+class RegenerationPlan:
+    """Everything --regenerate checks before any network is built."""
 
-    from exfacegan.data.artifacts import load_json
-    from exfacegan.rebuild import load_run_config, rebuild_network
-    from exfacegan.stages.generate import PLAN_FILE, GenerateSpec, chunk_references, render_chunk
-    from exfacegan.stages.identity_filter import IdentityFilterSpec, identity_filter_tests
+    run_dir: Path
+    config_path: Path
+    cfg: Any
+    spec: Any  # GenerateSpec
+    filter_spec: Any  # IdentityFilterSpec
+    provenance: dict
+    stale: dict[str, str]
+    boundaries: dict[str, np.ndarray]
+    per_chunk: int
+    chosen: list[int]
+    chunks: list[int]
+
+
+def plan_regeneration(listing: Listing, count: int, seed: int) -> RegenerationPlan:
+    """The classes to re-render (chosen with `seed`) and the run's settings, after checking the run folder and
+    that every weights file has the SHA-256 provenance.json recorded."""
+    from exfacegan.rebuild import load_run_config
+    from exfacegan.stages.generate import PLAN_FILE, GenerateSpec
+    from exfacegan.stages.identity_filter import IdentityFilterSpec
 
     run_dir = listing.root if listing.kind == "run" else listing.root.parent
     if listing.kind == "export" or load_run_config(run_dir) is None:
@@ -224,31 +242,42 @@ def regenerate(listing: Listing, count: int, seed: int, device: str) -> Regenera
     filter_spec = IdentityFilterSpec.from_config(cfg)
     provenance = _load_small_json(run_dir, "provenance.json")
     check_weights(cfg, provenance, filter_spec.active)
-    stale = stale_stages(cfg, run_dir)
     plan = _load_small_json(run_dir, f"generate/{PLAN_FILE}")
     boundaries = _load_boundaries(run_dir)
-    latents, normals, valid = boundaries["reference_latents"], boundaries["normals"], boundaries["valid"]
+    valid = boundaries["valid"]
     per_chunk = plan.get("references_per_chunk")
     if plan.get("references") != len(valid) or not isinstance(per_chunk, int) or per_chunk < 1:
         raise DataError(f"{run_dir}/generate/{PLAN_FILE} does not describe fit/boundaries.npz's {len(valid)} references")
-    sides = spec.offsets.sides
-    candidates = [(2 * r + s if spec.offsets.both_sides else r) for r in np.flatnonzero(valid).tolist()
-                  for s in range(sides)]
+    both = spec.offsets.both_sides
+    candidates = [2 * r + side if both else r for r in np.flatnonzero(valid).tolist() for side in range(spec.offsets.sides)]
     if count > len(candidates):
         raise ConfigError(f"--regenerate {count}: the run has {len(candidates)} classes")
     chosen = sorted(np.random.default_rng(seed).choice(candidates, size=count, replace=False).tolist())
-    references = sorted({c // 2 if spec.offsets.both_sides else c for c in chosen})
-    chunks = sorted({r // per_chunk * per_chunk for r in references})
-    generator = rebuild_network(cfg.gan.network, config_path, device)
-    aligner = rebuild_network(cfg.align, config_path, device)
-    accept = []
-    if filter_spec.active:
-        from omegaconf import OmegaConf
+    chunks = sorted({(c // 2 if both else c) // per_chunk * per_chunk for c in chosen})
+    return RegenerationPlan(run_dir, config_path, cfg, spec, filter_spec, provenance, stale_stages(cfg, run_dir),
+                            boundaries, per_chunk, chosen, chunks)
 
+
+def regenerate(plan: RegenerationPlan, listing: Listing, device: str) -> Regenerated:
+    """Re-render the planned classes through the generate stage's chunk renderer; compare with the manifest."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from exfacegan.rebuild import rebuild_network
+    from exfacegan.stages.generate import chunk_references, render_chunk
+    from exfacegan.stages.identity_filter import identity_filter_tests
+
+    cfg, spec, stale, chosen, chunks = plan.cfg, plan.spec, plan.stale, plan.chosen, plan.chunks
+    latents, normals, valid = (plan.boundaries[key] for key in ("reference_latents", "normals", "valid"))
+    generator = rebuild_network(cfg.gan.network, plan.config_path, device)
+    aligner = rebuild_network(cfg.align, plan.config_path, device)
+    accept = []
+    if plan.filter_spec.active:
         judge_node = OmegaConf.select(cfg, "filter.judge.network", default=None) or cfg.embedder.network
-        judge = rebuild_network(judge_node, config_path, device)
-        accept = identity_filter_tests(filter_spec, judge, generator, aligner, latents, normals, spec, device)
-    expected = _iter_rows_by_class(listing.manifest)
+        judge = rebuild_network(judge_node, plan.config_path, device)
+        accept = identity_filter_tests(plan.filter_spec, judge, generator, aligner, latents, normals, spec, device)
+    per_chunk, provenance = plan.per_chunk, plan.provenance
+    expected = _images_by_class(listing.manifest)
     prefix = "generate/" if listing.kind == "run" else ""
     same_environment = _same_environment(provenance, cfg, device, torch)
     lines = [f"config.yaml does not match the recorded {stage} stage: {why}" for stage, why in stale.items()]
@@ -257,7 +286,7 @@ def regenerate(listing: Listing, count: int, seed: int, device: str) -> Regenera
                 for row in render_chunk(Path(tmp), generator, aligner, reference_latents=latents, normals=normals,
                                         references=chunk_references(start, per_chunk, valid), spec=spec,
                                         accept=accept, device=device)]
-        rendered = _iter_rows_by_class(rows)
+        rendered = _images_by_class(rows)
         for cls in chosen:
             why = _class_difference(rendered.get(cls, {}), expected.get(cls, {}), Path(tmp), listing.root,
                                     f"{prefix}dataset", same_environment)
