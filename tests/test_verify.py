@@ -404,3 +404,24 @@ def test_pixels_are_compared_within_the_tolerance_when_the_environment_differs(t
     assert _class_difference(rendered, expected, fresh, disk, "dataset", False) is None  # 1 <= tolerance
     Image.fromarray(base + PIXEL_TOLERANCE + 1).save(fresh / "00000/00000_000.png")
     assert "differ by more than" in _class_difference(rendered, expected, fresh, disk, "dataset", False)
+
+
+def test_a_resumed_or_sharded_stage_renders_in_the_batches_it_started_with(tmp_path):
+    # A render's last bits can depend on the other images of its batch (measured on the smoke generator:
+    # batch 5 instead of 16 changes 7 of 48 PNGs), so plan.json fixes the batch size with the chunking.
+    from exfacegan.stages.generate import GenerateSpec, generate
+    from exfacegan.stages.offsets import OffsetSpec
+    from toys import ToyAligner, ToyGenerator
+
+    generator, batches = ToyGenerator(), []
+    forward = generator.synthesis.forward
+    generator.synthesis.forward = lambda ws, noise_mode="const": (batches.append(len(ws)), forward(ws, noise_mode))[1]
+    rng = np.random.default_rng(0)
+    normals = rng.standard_normal((4, generator.w_dim)).astype(np.float32)
+    latents = rng.standard_normal((4, generator.w_dim)).astype(np.float32)
+    for shard, batch_size in ((0, 4), (1, 3)):
+        batches.clear()
+        spec = GenerateSpec(offsets=OffsetSpec(per_class=3, max_off=1.0), batch_size=batch_size,
+                            references_per_chunk=2, shard=shard, num_shards=2)
+        generate(tmp_path, generator, ToyAligner(), reference_latents=latents, normals=normals, spec=spec)
+        assert batches == [4, 4, 4]  # one chunk: 2 references x 2 sides x 3 slots, in batches of the first call's 4

@@ -24,7 +24,7 @@ import csv
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -124,7 +124,8 @@ def generate(
     """
     valid = _check_boundaries(generator, reference_latents, normals, valid)
     out_dir = Path(out_dir)
-    per_chunk = _plan(out_dir, len(normals), spec.references_per_chunk)
+    spec = _plan(out_dir, len(normals), spec)
+    per_chunk = spec.references_per_chunk
     chunks = list(range(0, len(normals), per_chunk))
     mine = np.array_split(np.array(chunks), spec.num_shards)[spec.shard].tolist()
     render = _Renderer(out_dir / "dataset", generator, aligner, reference_latents, normals, spec, accept, device)
@@ -245,19 +246,23 @@ def _row(draw: Draw, found: bool, rejected: str, sha256: str, image_format: str)
             "found": int(found), "rejected": rejected, "sha256": sha256}
 
 
-def _plan(out_dir: Path, num_references: int, references_per_chunk: int) -> int:
-    """The chunk size of this stage folder: the one it was started with, which its progress records follow."""
+def _plan(out_dir: Path, num_references: int, spec: GenerateSpec) -> GenerateSpec:
+    """The spec this stage folder was started with: its chunk size, which its progress records follow, and its
+    render batch size (a render's last bits can depend on the other images of its batch)."""
     path = out_dir / PLAN_FILE
     if not path.is_file():
-        save_json(path, {"references": num_references, "references_per_chunk": references_per_chunk})
-        return references_per_chunk
+        save_json(path, {"references": num_references, "references_per_chunk": spec.references_per_chunk,
+                         "batch_size": spec.batch_size})
+        return spec
     plan = load_json(path)
     if plan["references"] != num_references:
         raise DataError(f"{out_dir} was started for {plan['references']} references, not {num_references}")
-    if plan["references_per_chunk"] != references_per_chunk:
-        log.info("resuming with generate.references_per_chunk=%d, the value this stage started with",
-                 plan["references_per_chunk"])
-    return plan["references_per_chunk"]
+    started = replace(spec, references_per_chunk=plan["references_per_chunk"],
+                      batch_size=plan.get("batch_size", spec.batch_size))
+    if started != spec:
+        log.info("resuming with generate.references_per_chunk=%d and gan.batch_size=%d, the values this stage "
+                 "started with", started.references_per_chunk, started.batch_size)
+    return started
 
 
 def finalize(out_dir: Path) -> GenerateArtifacts:

@@ -248,6 +248,7 @@ def plan_regeneration(listing: Listing, count: int, seed: int) -> RegenerationPl
     per_chunk = plan.get("references_per_chunk")
     if plan.get("references") != len(valid) or not isinstance(per_chunk, int) or per_chunk < 1:
         raise DataError(f"{run_dir}/generate/{PLAN_FILE} does not describe fit/boundaries.npz's {len(valid)} references")
+    spec = replace(spec, references_per_chunk=per_chunk, batch_size=plan.get("batch_size", spec.batch_size))
     both = spec.offsets.both_sides
     candidates = [2 * r + side if both else r for r in np.flatnonzero(valid).tolist() for side in range(spec.offsets.sides)]
     if count > len(candidates):
