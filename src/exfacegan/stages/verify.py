@@ -21,13 +21,18 @@ import sys
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from exfacegan.data.manifest import MANIFEST_FIELDS, SAMPLES_FIELDS, inside, iter_table, open_inside
 from exfacegan.errors import CheckpointError, ConfigError, DataError
+
+if TYPE_CHECKING:
+    from exfacegan.stages.generate import GenerateSpec
+    from exfacegan.stages.identity_filter import IdentityFilterSpec
 
 CARD = "DATASET.md"
 SAMPLES = "samples.csv"
@@ -215,9 +220,9 @@ class RegenerationPlan:
 
     run_dir: Path
     config_path: Path
-    cfg: Any
-    spec: Any  # GenerateSpec
-    filter_spec: Any  # IdentityFilterSpec
+    cfg: DictConfig
+    spec: GenerateSpec
+    filter_spec: IdentityFilterSpec
     provenance: dict
     stale: dict[str, str]
     boundaries: dict[str, np.ndarray]
@@ -247,10 +252,12 @@ def plan_regeneration(listing: Listing, count: int, seed: int) -> RegenerationPl
     valid = boundaries["valid"]
     per_chunk = plan.get("references_per_chunk")
     if plan.get("references") != len(valid) or not isinstance(per_chunk, int) or per_chunk < 1:
-        raise DataError(f"{run_dir}/generate/{PLAN_FILE} does not describe fit/boundaries.npz's {len(valid)} references")
+        raise DataError(f"{run_dir}/generate/{PLAN_FILE} does not describe the {len(valid)} references of "
+                        "fit/boundaries.npz")
     spec = replace(spec, references_per_chunk=per_chunk, batch_size=plan.get("batch_size", spec.batch_size))
     both = spec.offsets.both_sides
-    candidates = [2 * r + side if both else r for r in np.flatnonzero(valid).tolist() for side in range(spec.offsets.sides)]
+    candidates = [2 * r + side if both else r for r in np.flatnonzero(valid).tolist()
+                  for side in range(spec.offsets.sides)]
     if count > len(candidates):
         raise ConfigError(f"--regenerate {count}: the run has {len(candidates)} classes")
     chosen = sorted(np.random.default_rng(seed).choice(candidates, size=count, replace=False).tolist())
@@ -261,7 +268,6 @@ def plan_regeneration(listing: Listing, count: int, seed: int) -> RegenerationPl
 
 def regenerate(plan: RegenerationPlan, listing: Listing, device: str) -> Regenerated:
     """Re-render the planned classes through the generate stage's chunk renderer; compare with the manifest."""
-    import torch
     from omegaconf import OmegaConf
 
     from exfacegan.rebuild import rebuild_network
@@ -280,7 +286,7 @@ def regenerate(plan: RegenerationPlan, listing: Listing, device: str) -> Regener
     per_chunk, provenance = plan.per_chunk, plan.provenance
     expected = _images_by_class(listing.manifest)
     prefix = "generate/" if listing.kind == "run" else ""
-    same_environment = _same_environment(provenance, cfg, device, torch)
+    same_environment = _same_environment(provenance, cfg, device)
     lines = [f"config.yaml does not match the recorded {stage} stage: {why}" for stage, why in stale.items()]
     with tempfile.TemporaryDirectory(prefix="exfacegan-verify-") as tmp:
         rows = [row for start in tqdm(chunks, desc="regenerate", unit="chunk", file=sys.stderr, disable=None)
@@ -323,7 +329,9 @@ def _pixel_difference(regenerated: Path, root: Path, relative: str) -> int:
     return 255 if a.shape != b.shape else int(np.abs(a - b).max())
 
 
-def _same_environment(provenance: dict, cfg, device: str, torch) -> bool:
+def _same_environment(provenance: dict, cfg: DictConfig, device: str) -> bool:
+    """Whether torch, CUDA and the device kind are those the run recorded (then bytes must match)."""
+    import torch
     from omegaconf import OmegaConf
 
     run_device = str(OmegaConf.select(cfg, "device", default="auto"))
@@ -364,7 +372,7 @@ def needed_weights(filter_active: bool) -> tuple[str, ...]:
     return ("gan.", "align.", "filter.judge.", "embedder.") if filter_active else ("gan.", "align.")
 
 
-def check_weights(cfg, provenance: dict, filter_active: bool) -> None:
+def check_weights(cfg: DictConfig, provenance: dict, filter_active: bool) -> None:
     """Each weights file generation reads has the SHA-256 provenance.json recorded for it, else CheckpointError."""
     from exfacegan.provenance import checkpoint_paths
     from exfacegan.weights import sha256_of
@@ -376,19 +384,19 @@ def check_weights(cfg, provenance: dict, filter_active: bool) -> None:
     named = {key: path for key, path in checkpoint_paths(cfg).items() if key.startswith(prefixes)}
     for key in sorted(set(recorded) - set(named)):
         if key.startswith(prefixes):
-            raise CheckpointError(f"{key}: the weights file {recorded[key].get('path') if isinstance(recorded[key], dict) else '?'} "
-                                  "recorded in provenance.json is gone")
+            entry = recorded[key] if isinstance(recorded[key], dict) else {}
+            raise CheckpointError(f"{key}: the weights file {entry.get('path')} recorded in provenance.json is gone")
     for key, path in sorted(named.items()):
         entry = recorded.get(key)
         if not isinstance(entry, dict) or "sha256" not in entry:
             raise CheckpointError(f"{key}: provenance.json records no SHA-256 for {path}; cannot prove the weights")
         actual = sha256_of(path)
         if actual != entry["sha256"]:
-            raise CheckpointError(f"{key}: {path} has SHA-256 {actual}, provenance.json records {entry['sha256']}: "
-                                  "not the weights this run was made with")
+            raise CheckpointError(f"{key}: {path} has SHA-256 {actual}, provenance.json records "
+                                  f"{str(entry['sha256'])[:64]}: not the weights this run was made with")
 
 
-def stale_stages(cfg, run_dir: Path) -> dict[str, str]:
+def stale_stages(cfg: DictConfig, run_dir: Path) -> dict[str, str]:
     """Stages whose recorded fingerprint is not the one config.yaml gives (settings changed after the run)."""
     from exfacegan.app import stage_fingerprints
     from exfacegan.pipeline import FINGERPRINT_FILE
@@ -404,7 +412,8 @@ def stale_stages(cfg, run_dir: Path) -> dict[str, str]:
 
 
 def summary(listing: Listing, outcome: Outcome) -> str:
-    kinds = {kind: sum(line.startswith(f"{kind}:") for line in outcome.lines) for kind in ("missing", "altered", "unlisted")}
+    kinds = {kind: sum(line.startswith(f"{kind}:") for line in outcome.lines)
+             for kind in ("missing", "altered", "unlisted")}
     if outcome.clean:
         return f"verified {outcome.checked} files of {listing.root} against {listing.table}: all match"
     return (f"{listing.root}: {outcome.checked} files hashed against {listing.table}; "
