@@ -128,11 +128,13 @@ def generate(
     per_chunk = spec.references_per_chunk
     chunks = list(range(0, len(normals), per_chunk))
     mine = np.array_split(np.array(chunks), spec.num_shards)[spec.shard].tolist()
-    render = _Renderer(out_dir / "dataset", generator, aligner, reference_latents, normals, spec, accept, device)
     for start in tqdm(mine, desc=f"generate shard {spec.shard}/{spec.num_shards}", unit="chunk"):
         record = out_dir / "progress" / f"{start:06d}.csv"
         if not record.is_file():
-            _write_rows(record, _fill_classes(chunk_references(start, per_chunk, valid), spec, render))
+            _write_rows(record, render_chunk(out_dir / "dataset", generator, aligner,
+                                             reference_latents=reference_latents, normals=normals,
+                                             references=chunk_references(start, per_chunk, valid), spec=spec,
+                                             accept=accept, device=device))
     if spec.num_shards > 1:
         log.info("shard %d/%d done; run the merge stage once every shard has finished", spec.shard, spec.num_shards)
         return None
@@ -149,7 +151,8 @@ def render_chunk(dataset: Path, generator: nn.Module, aligner: nn.Module, *, ref
                  normals: np.ndarray, references: np.ndarray, spec: GenerateSpec, accept: Sequence[Acceptance] = (),
                  device: str | torch.device = "cpu") -> list[dict]:
     """Every class of one chunk's references rendered, tested and written under `dataset` exactly as the generate
-    stage does it (same batches, same re-draws); returns its manifest rows. `exfacegan verify --regenerate`."""
+    stage does it (same batches, same re-draws); returns its manifest rows. The generate stage calls it for each
+    chunk, `exfacegan verify --regenerate` for the chunks of the classes it checks."""
     render = _Renderer(dataset, generator, aligner, reference_latents, normals, spec, accept, device)
     return _fill_classes(references, spec, render)
 
