@@ -26,6 +26,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from exfacegan.cli.main import main
+from test_pickles import _write_official, official_names  # noqa: F401 (a fixture)
 from exfacegan.data.manifest import read_manifest
 from exfacegan.errors import CheckpointError, DataError
 
@@ -366,6 +367,29 @@ def test_regenerate_refuses_weights_other_than_the_recorded_ones(smoke, tmp_path
     weights.write_bytes(b"other weights")
     line = _refused(capsys, run, "--regenerate", 1)
     assert "align.path" in line and "not the weights this run was made with" in line
+
+
+@pytest.mark.slow
+def test_regenerate_reads_a_generator_pickle_only_with_its_recorded_hash(official_names, tmp_path, capsys):
+    import torch
+
+    from exfacegan.gans.stylegan2 import Generator
+
+    config = {"z_dim": 64, "c_dim": 0, "w_dim": 64, "img_resolution": 64, "img_channels": 3,
+              "mapping_kwargs": {"num_layers": 4}, "channel_base": 2048, "channel_max": 64, "num_fp16_res": 0,
+              "conv_clamp": 256}
+    torch.manual_seed(0)
+    weights = _write_official(tmp_path / "G.pkl", official_names, config, Generator(**config), tmp_path / "marker")
+    run = tmp_path / "run"
+    _app("stages=[sample,label,fit,generate]", *GENERATE, "label.num_references=3",
+         f"gan.network={{_target_:exfacegan.gans.load_generator,source:'{weights}'}}", f"run_dir={run}", cwd=tmp_path)
+    assert json.loads((run / "provenance.json").read_text())["checkpoints"]["gan.network.source"]["sha256"] == \
+        _sha256(weights)
+    status, out, _ = _verify(capsys, run, "--regenerate", 2)
+    assert status == 0 and out[-1].endswith("all match"), out
+    weights.write_bytes(weights.read_bytes() + b"\0")  # still the same network to the unpickler, other bytes
+    line = _refused(capsys, run, "--regenerate", 2)
+    assert "gan.network.source" in line and "not the weights this run was made with" in line
 
 
 @pytest.mark.slow
