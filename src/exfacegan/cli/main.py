@@ -11,10 +11,12 @@ from exfacegan.cli.compare import add_compare_parser
 from exfacegan.cli.export import add_export_parser
 from exfacegan.cli.offsets import add_offsets_parser
 from exfacegan.cli.report import add_report_parser
+from exfacegan.cli.verify import add_verify_parser
 from exfacegan.errors import ConfigError
 
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_report_parser, add_export_parser,
-                                                                   add_offsets_parser, add_compare_parser]
+                                                                   add_offsets_parser, add_compare_parser,
+                                                                   add_verify_parser]
 
 
 def check_args(args: argparse.Namespace) -> None:

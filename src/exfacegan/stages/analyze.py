@@ -8,7 +8,6 @@ ExFaceGAN run it also reports the boundary validation accuracies and the faces t
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from pathlib import Path
@@ -22,6 +21,7 @@ from tqdm.auto import tqdm
 
 from exfacegan.data.artifacts import save_json, save_npz
 from exfacegan.data.image_folder import ImageFolderDataset, load_image
+from exfacegan.data.manifest import read_manifest
 from exfacegan.errors import DataError
 from exfacegan.metrics.plots import Figure, identity_grid, score_histogram, value_histogram
 from exfacegan.metrics.report import write_report
@@ -54,8 +54,7 @@ def _both_sides(manifest_path: Path | None, class_names: list[str]) -> bool:
         return False
     if len({int(name) for name in class_names}) != len(class_names):
         return False
-    with open(manifest_path, newline="") as f:
-        return any(row.get("side") == "other" for row in csv.DictReader(f))
+    return any(row["side"] == "other" for row in read_manifest(manifest_path, required=["side"]))
 
 
 def _boundary_metrics(path: Path) -> dict[str, Any]:

@@ -7,7 +7,8 @@ FR trainers read directly, with its dataset card (DATASET.md).
 
 Classes are the identity folders in sorted order (class i = the i-th folder, as the trainer's image-folder
 reader numbers them), images in sorted order; the encoded images are stored as the generate stage wrote them.
-Every export also holds `samples.csv` (key, class, folder, source file) and the generate stage's manifest.csv.
+Every export also holds `samples.csv` (key, class, folder, source file, SHA-256 of the image bytes) and the generate
+stage's manifest.csv; the card lists the SHA-256 of every top-level file (`exfacegan verify <out>` checks them).
 Everything is written into `<out>.partial` and renamed when complete. The readers and writers are imported
 when exporting, so that the `exfacegan` command line starts without loading torch.
 """
@@ -96,14 +97,16 @@ def export(run_dir: str | Path, fmt: str, out: str | Path | None = None, *, shar
 
 def _write_export(run_dir: Path, fmt: str, partial: Path, dataset: ImageFolderDataset, shard_size: int) -> None:
     from exfacegan.data.card import dataset_card
+    from exfacegan.data.manifest import SAMPLES_FIELDS
     from exfacegan.weights import sha256_of
 
     keys = _write_format(fmt, partial, dataset, shard_size)
     with open(partial / "samples.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["key", "class", "folder", "source"])
+        writer.writerow(SAMPLES_FIELDS)
         for key, label, path in zip(keys, dataset.labels, dataset.paths):
-            writer.writerow([key, int(label), dataset.classes[label], path.relative_to(dataset.root).as_posix()])
+            writer.writerow([key, int(label), dataset.classes[label], path.relative_to(dataset.root).as_posix(),
+                             sha256_of(path)])
     if (run_dir / "generate" / "manifest.csv").is_file():
         shutil.copyfile(run_dir / "generate" / "manifest.csv", partial / "manifest.csv")
     hashed = sorted(p for p in partial.rglob("*") if p.is_file() and p.parent == partial)

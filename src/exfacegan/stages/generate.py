@@ -12,7 +12,8 @@ next draw (mirror images are the rows of equal reference and attempt in the mani
 depends only on the chunk's references, so the output does not depend on sharding or interruptions.
 
 A stage folder holds `plan.json` (how references are chunked, fixed when the stage starts),
-`progress/<chunk>.csv` (one row per render of the chunk, once it is complete) and `dataset/`. An
+`progress/<chunk>.csv` (one row per render of the chunk, once it is complete, with the SHA-256 of each image
+written, hashed from the encoded bytes before they reach the disk) and `dataset/`. An
 unsharded call finishes the stage itself; shards only add chunks, and `finalize` (the merge stage)
 combines them once every chunk is recorded, so that concurrent shards never finish the same folder twice.
 """
@@ -23,7 +24,7 @@ import csv
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,13 +36,14 @@ from tqdm.auto import tqdm
 
 from exfacegan.data.artifacts import atomic_path, load_json, save_json
 from exfacegan.data.images import IMAGE_FORMATS, write_images
+from exfacegan.data.manifest import MANIFEST_FIELDS, read_manifest
 from exfacegan.errors import ConfigError, DataError
 from exfacegan.gans.latent import Truncation, synthesize, to_uint8
 from exfacegan.stages.offsets import REFERENCE_ATTEMPT, SIDES, Draw, OffsetSpec, draw_codes, first_draws
+from exfacegan.weights import sha256_of
 
 log = logging.getLogger(__name__)
 
-MANIFEST_FIELDS = ["path", "class", "reference", "side", "k", "attempt", "found", "rejected"]
 PLAN_FILE = "plan.json"
 NO_FACE = "no_face"
 
@@ -122,19 +124,37 @@ def generate(
     """
     valid = _check_boundaries(generator, reference_latents, normals, valid)
     out_dir = Path(out_dir)
-    per_chunk = _plan(out_dir, len(normals), spec.references_per_chunk)
+    spec = _plan(out_dir, len(normals), spec)
+    per_chunk = spec.references_per_chunk
     chunks = list(range(0, len(normals), per_chunk))
     mine = np.array_split(np.array(chunks), spec.num_shards)[spec.shard].tolist()
-    render = _Renderer(out_dir / "dataset", generator, aligner, reference_latents, normals, spec, accept, device)
     for start in tqdm(mine, desc=f"generate shard {spec.shard}/{spec.num_shards}", unit="chunk"):
         record = out_dir / "progress" / f"{start:06d}.csv"
         if not record.is_file():
-            ids = np.arange(start, min(start + per_chunk, len(normals)))
-            _write_rows(record, _fill_classes(ids[valid[ids]], spec, render))
+            _write_rows(record, render_chunk(out_dir / "dataset", generator, aligner,
+                                             reference_latents=reference_latents, normals=normals,
+                                             references=chunk_references(start, per_chunk, valid), spec=spec,
+                                             accept=accept, device=device))
     if spec.num_shards > 1:
         log.info("shard %d/%d done; run the merge stage once every shard has finished", spec.shard, spec.num_shards)
         return None
     return finalize(out_dir)
+
+
+def chunk_references(start: int, per_chunk: int, valid: np.ndarray) -> np.ndarray:
+    """The references with a boundary in the chunk that begins at reference `start`."""
+    ids = np.arange(start, min(start + per_chunk, len(valid)))
+    return ids[valid[ids]]
+
+
+def render_chunk(dataset: Path, generator: nn.Module, aligner: nn.Module, *, reference_latents: np.ndarray,
+                 normals: np.ndarray, references: np.ndarray, spec: GenerateSpec, accept: Sequence[Acceptance] = (),
+                 device: str | torch.device = "cpu") -> list[dict]:
+    """Every class of one chunk's references rendered, tested and written under `dataset` exactly as the generate
+    stage does it (same batches, same re-draws); returns its manifest rows. The generate stage calls it for each
+    chunk, `exfacegan verify --regenerate` for the chunks of the classes it checks."""
+    render = _Renderer(dataset, generator, aligner, reference_latents, normals, spec, accept, device)
+    return _fill_classes(references, spec, render)
 
 
 def _check_boundaries(generator: nn.Module, latents: np.ndarray, normals: np.ndarray,
@@ -161,9 +181,9 @@ def _fill_classes(references: np.ndarray, spec: GenerateSpec, render: _Renderer)
     while pending:
         verdicts = [v for begin in range(0, len(pending), spec.batch_size)
                     for v in render(pending[begin : begin + spec.batch_size])]
-        rows += [_row(d, found, rejected, spec.image_format) for d, (found, rejected) in zip(pending, verdicts)]
+        rows += [_row(d, *verdict, spec.image_format) for d, verdict in zip(pending, verdicts)]
         retry = []
-        for d, (_, rejected) in zip(pending, verdicts):
+        for d, (_, rejected, _) in zip(pending, verdicts):
             if rejected and offsets.on_no_face == "redraw" and renders[d.cls] < offsets.attempts_per_class:
                 retry.append(Draw(d.cls, d.reference, d.side, d.slot, next_attempt[d.cls]))
                 next_attempt[d.cls] += 1
@@ -173,14 +193,15 @@ def _fill_classes(references: np.ndarray, spec: GenerateSpec, render: _Renderer)
 
 
 class _Renderer:
-    """draws -> (found, rejected reason or "") per draw; writes the kept faces to their slots."""
+    """draws -> (found, rejected reason or "", sha256 of the written file or "") per draw; writes the kept faces
+    to their slots under `dataset`."""
 
     def __init__(self, dataset: Path, generator: nn.Module, aligner: nn.Module, latents: np.ndarray,
                  normals: np.ndarray, spec: GenerateSpec, accept: Sequence[Acceptance], device: Any) -> None:
         self.dataset, self.generator, self.aligner = dataset, generator, aligner
         self.latents, self.normals, self.spec, self.accept, self.device = latents, normals, spec, accept, device
 
-    def __call__(self, draws: list[Draw]) -> list[tuple[bool, str]]:
+    def __call__(self, draws: list[Draw]) -> list[tuple[bool, str, str]]:
         spec = self.spec
         codes, attribute_seeds = draw_codes(draws, self.latents, self.normals, spec.offsets)
         faces, found = render_faces(self.generator, self.aligner, codes, attribute_seeds, spec, self.device)
@@ -189,9 +210,12 @@ class _Renderer:
         paths = [self.dataset / _image_path(draws[i], spec.image_format) for i in kept]
         for folder in {p.parent for p in paths}:
             folder.mkdir(parents=True, exist_ok=True)
-        write_images(paths, faces[torch.tensor(kept, dtype=torch.long, device=faces.device)].cpu(),
-                     quality=spec.jpeg_quality)
-        return list(zip(found, rejected))
+        digests = write_images(paths, faces[torch.tensor(kept, dtype=torch.long, device=faces.device)].cpu(),
+                               quality=spec.jpeg_quality)
+        sha256 = [""] * len(draws)
+        for i, digest in zip(kept, digests):
+            sha256[i] = digest
+        return list(zip(found, rejected, sha256))
 
 
 def render_faces(generator: nn.Module, aligner: nn.Module, codes: np.ndarray, attribute_seeds: np.ndarray,
@@ -219,25 +243,29 @@ def _image_path(draw: Draw, image_format: str) -> str:
     return f"{draw.cls:05d}/{draw.cls:05d}_{draw.slot:03d}.{image_format}"
 
 
-def _row(draw: Draw, found: bool, rejected: str, image_format: str) -> dict:
+def _row(draw: Draw, found: bool, rejected: str, sha256: str, image_format: str) -> dict:
     return {"path": "" if rejected else _image_path(draw, image_format), "class": draw.cls,
             "reference": draw.reference, "side": SIDES[draw.side], "k": draw.slot, "attempt": draw.attempt,
-            "found": int(found), "rejected": rejected}
+            "found": int(found), "rejected": rejected, "sha256": sha256}
 
 
-def _plan(out_dir: Path, num_references: int, references_per_chunk: int) -> int:
-    """The chunk size of this stage folder: the one it was started with, which its progress records follow."""
+def _plan(out_dir: Path, num_references: int, spec: GenerateSpec) -> GenerateSpec:
+    """The spec this stage folder was started with: its chunk size, which its progress records follow, and its
+    render batch size (a render's last bits can depend on the other images of its batch)."""
     path = out_dir / PLAN_FILE
     if not path.is_file():
-        save_json(path, {"references": num_references, "references_per_chunk": references_per_chunk})
-        return references_per_chunk
+        save_json(path, {"references": num_references, "references_per_chunk": spec.references_per_chunk,
+                         "batch_size": spec.batch_size})
+        return spec
     plan = load_json(path)
     if plan["references"] != num_references:
         raise DataError(f"{out_dir} was started for {plan['references']} references, not {num_references}")
-    if plan["references_per_chunk"] != references_per_chunk:
-        log.info("resuming with generate.references_per_chunk=%d, the value this stage started with",
-                 plan["references_per_chunk"])
-    return plan["references_per_chunk"]
+    started = replace(spec, references_per_chunk=plan["references_per_chunk"],
+                      batch_size=plan.get("batch_size", spec.batch_size))
+    if started != spec:
+        log.info("resuming with generate.references_per_chunk=%d and gan.batch_size=%d, the values this stage "
+                 "started with", started.references_per_chunk, started.batch_size)
+    return started
 
 
 def finalize(out_dir: Path) -> GenerateArtifacts:
@@ -262,6 +290,9 @@ def finalize(out_dir: Path) -> GenerateArtifacts:
     missing = [row["path"] for row in kept if not (out_dir / "dataset" / row["path"]).is_file()]
     if missing:
         raise DataError(f"{len(missing)} images recorded as written are missing, e.g. {missing[0]}")
+    for row in kept:
+        if not row.get("sha256"):  # a record written before manifests held hashes: hash the file once
+            row["sha256"] = sha256_of(out_dir / "dataset" / row["path"])
     artifacts = GenerateArtifacts(out_dir / "dataset", out_dir / "manifest.csv", out_dir / "stats.json")
     _write_rows(artifacts.manifest, kept)
     save_json(artifacts.stats, generate_stats(rows))
@@ -311,5 +342,4 @@ def _write_rows(path: Path, rows: list[dict]) -> None:
 
 
 def _read_rows(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    return read_manifest(path)
