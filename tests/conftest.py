@@ -15,3 +15,17 @@ def golden_dir() -> Path:
             pytest.fail(f"{path} is missing under CI")
         pytest.skip("../shared/golden is not available")
     return path
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """Hydra apps run in-process attach handlers to the root logger that write to the test's captured streams;
+    once a test ends those streams close, so later tests would log into closed files. Restore the handlers."""
+    import logging
+
+    loggers = [logging.getLogger(), logging.getLogger("exfacegan")]
+    saved = [(logger, list(logger.handlers), logger.level) for logger in loggers]
+    yield
+    for logger, handlers, level in saved:
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
