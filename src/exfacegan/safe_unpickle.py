@@ -83,8 +83,10 @@ def with_article(noun: str) -> str:
 
 
 def one_line(error: BaseException) -> str:
+    """The first line of an error's message, clipped, non-printables escaped."""
     lines = str(error).splitlines()
-    return shown(lines[0], 200) if lines else type(error).__name__
+    line = lines[0][:300] if lines else type(error).__name__
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in line)
 
 
 class _BoundedFile:
@@ -285,6 +287,10 @@ class SafeUnpickler(pickle._Unpickler):
         made = self._tuple(self.pop_mark(), frozenset)
         self.append(made)
 
+    def load_bytearray8(self) -> None:
+        (length,) = struct.unpack("<Q", self.read(8))
+        self.append(bytearray(self.read(length)))  # pickle's own allocates `length` bytes before reading them
+
     def load_binpersid(self) -> None:
         if self.persistent is None:
             raise Refused(f"the pickle uses persistent ids, which {with_article(self.kind)} does not")
@@ -297,7 +303,7 @@ class SafeUnpickler(pickle._Unpickler):
                              (pickle.ADDITEMS, load_additems), (pickle.MARK, load_mark),
                              (pickle.TUPLE, load_tuple), (pickle.TUPLE1, load_tuple1), (pickle.TUPLE2, load_tuple2),
                              (pickle.TUPLE3, load_tuple3), (pickle.FROZENSET, load_frozenset),
-                             (pickle.BINPERSID, load_binpersid)]:
+                             (pickle.BYTEARRAY8, load_bytearray8), (pickle.BINPERSID, load_binpersid)]:
         dispatch[_opcode[0]] = _method
     for _opcode, _what in [(pickle.PERSID, "text persistent ids"), (pickle.INST, "INST (protocol 0 objects)"),
                            (pickle.OBJ, "OBJ (protocol 1 objects)"), (pickle.EXT1, "extension codes"),
