@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pickle
 import struct
+import zlib
 
 NUMPY = "numpy._core.multiarray"
 PROTO = b"\x80\x02"
@@ -170,3 +171,15 @@ def shell(marker: str) -> bytes:
 def unpickled_normally(data: bytes):
     """The bytes through pickle.loads, for the controls that prove a payload is live."""
     return pickle.loads(data)
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares width x height pixels and holds none (PIL reads the size from this header)."""
+    ihdr = b"IHDR" + struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = struct.pack(">I", 13) + ihdr + struct.pack(">I", zlib.crc32(ihdr))
+    return b"\x89PNG\r\n\x1a\n" + chunk + struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
+
+
+def two_images(image: bytes) -> bytes:
+    """Two copies of `image` for `in_bin` (which appends the last one)."""
+    return raw(image) + APPEND + raw(image)

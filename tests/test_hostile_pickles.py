@@ -167,6 +167,12 @@ CASES = [
     Case("EXT1", "gan", lambda m: b"\x82\x01", "extension codes"),
     Case("unknown opcode", "bin", lambda m: b"\xff", "opcode 0xff"),
     Case("READONLY_BUFFER", "bin", lambda m: H.raw(b"x") + b"\x98", "out-of-band"),
+    # images inside a .bin
+    Case("PNG of 100,000 x 100,000", "bin", lambda m: H.two_images(H.png_header(100_000, 100_000)), "decompression bomb"),
+    Case("PNG of 10,000 x 10,000", "bin", lambda m: H.two_images(H.png_header(10_000, 10_000)), "decompression bomb"),
+    Case("PNG of 5,000 x 5,000", "bin", lambda m: H.two_images(H.png_header(5_000, 5_000)), "5000x5000 pixels"),
+    Case("broken PNG chunk", "bin", lambda m: H.two_images(H.png_header(4, 4)[:33] + b"\x00\x00\x00\x01\xe00\x86\xc6"),
+         "cannot read"),
     # code
     Case("os.system", "gan", H.shell, "'posix.system'"),
     Case("os.system", "bin", H.shell, "'posix.system'"),

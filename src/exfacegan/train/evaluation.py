@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import io
 import pickle
+import struct
+import warnings
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +23,7 @@ from sklearn.model_selection import KFold
 from exfacegan.data.image_folder import decode_rgb
 from exfacegan.errors import DataError
 from exfacegan.safe_arrays import NUMPY_NAMES, numpy_calls
-from exfacegan.safe_unpickle import Allowed, latin1_bytes, read_pickle
+from exfacegan.safe_unpickle import Allowed, latin1_bytes, one_line, read_pickle
 from exfacegan.precision import autocast
 
 THRESHOLDS = np.arange(0, 4, 0.01)
@@ -40,6 +43,10 @@ def write_bin(path: str | Path, images: np.ndarray, issame: list[bool]) -> None:
         pickle.dump((bins, list(map(bool, issame))), f)
 
 
+MAX_IMAGE_SIDE = 4096
+# What PIL raises on corrupt image bytes besides OSError (e.g. SyntaxError: "broken PNG file").
+_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, TypeError, EOFError, IndexError, struct.error, zlib.error,
+                 Image.DecompressionBombError, Image.DecompressionBombWarning)
 BIN_PICKLE = Allowed(calls={**numpy_calls(), ("_codecs", "encode"): latin1_bytes}, classes={}, names=NUMPY_NAMES,
                      kind="insightface .bin", holds="bytes, NumPy arrays and bools")
 
@@ -60,6 +67,18 @@ def _pairs(data: object, path: Path) -> tuple[list, np.ndarray]:
     return list(bins), flags
 
 
+def _check_image_sizes(encoded: list[bytes]) -> None:
+    """Refuse, from the headers alone, an image declaring more than MAX_IMAGE_SIDE pixels a side (PIL's
+    decompression-bomb warning counts as a refusal, not a line on stderr)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        for data in encoded:
+            with Image.open(io.BytesIO(data)) as image:
+                if max(image.size) > MAX_IMAGE_SIDE:
+                    raise DataError(f"an image declares {image.size[0]}x{image.size[1]} pixels "
+                                    f"(at most {MAX_IMAGE_SIDE} a side)")
+
+
 def read_bin(path: str | Path, size: int = 112) -> tuple[torch.Tensor, np.ndarray]:
     """Decode a .bin into uint8 images [2P, 3, size, size] and issame bool [P]."""
     path = Path(path)
@@ -68,11 +87,13 @@ def read_bin(path: str | Path, size: int = 112) -> tuple[torch.Tensor, np.ndarra
     bins, issame = _pairs(read_pickle(path, BIN_PICKLE, DataError, encoding="bytes"), path)
     if len(bins) != 2 * len(issame):
         raise DataError(f"{path}: {len(bins)} images for {len(issame)} pairs; need 2 per pair")
+    encoded = [bytes(b) for b in bins]
     try:
+        _check_image_sizes(encoded)
         with ThreadPoolExecutor(max_workers=8) as pool:
-            images = list(pool.map(lambda b: decode_rgb(bytes(b), size), bins))
-    except (DataError, ValueError, TypeError, OSError) as error:
-        raise DataError(f"cannot read {path} as an insightface .bin (pickled images, issame): {error}") from None
+            images = list(pool.map(lambda b: decode_rgb(b, size), encoded))
+    except (DataError, *_IMAGE_ERRORS) as error:
+        raise DataError(f"cannot read {path} as an insightface .bin (pickled images, issame): {one_line(error)}") from None
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), np.asarray(issame, bool)
 
 
