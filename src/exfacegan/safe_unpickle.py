@@ -26,7 +26,6 @@ Refusals raise `Refused`; `read_pickle` turns any failure into the caller's one-
 from __future__ import annotations
 
 import _compat_pickle
-import io
 import itertools
 import os
 import pickle
@@ -100,9 +99,6 @@ class _BoundedFile:
         if count > left:
             raise pickle.UnpicklingError(f"a length field asks for {count:,} bytes where the file has {max(left, 0):,} left")
         return self.handle.read(count)
-
-    def readinto(self, buffer: Any) -> int:
-        return self.handle.readinto(buffer)
 
     def readline(self) -> bytes:
         return self.handle.readline()
