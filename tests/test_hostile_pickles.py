@@ -259,3 +259,19 @@ def test_controls_payloads_are_live_under_plain_pickle(payload, returncode, tmp_
     path = tmp_path / "live.pkl"
     path.write_bytes(H.in_generator(payload))
     assert load_isolated("test_hostile_pickles:unpickle_file", path, cwd=TESTS).returncode == returncode
+
+
+@pytest.mark.parametrize("nest", [H.deep_lists, lambda depth: H.EMPTY_TUPLE + H.TUPLE1 * (depth - 1)], ids=["lists", "tuples"])
+def test_nesting_limit_is_100(nest, tmp_path):
+    from exfacegan.safe_unpickle import read_pickle
+    from exfacegan.train.evaluation import BIN_PICKLE
+
+    path = tmp_path / "nested.pkl"
+    path.write_bytes(H.PROTO + nest(90) + H.STOP)
+    value, depth = read_pickle(path, BIN_PICKLE, ExFaceGANError), 1
+    while value:
+        value, depth = value[0], depth + 1
+    assert depth == 90
+    path.write_bytes(H.PROTO + nest(110) + H.STOP)
+    with pytest.raises(ExFaceGANError, match="deeper than 100"):
+        read_pickle(path, BIN_PICKLE, ExFaceGANError)
