@@ -5,21 +5,18 @@ is pickled as a call `torch_utils.persistence._reconstruct_persistent_obj(meta)`
 carries the Python source of the defining module (`module_src`), the class name and the
 module's `__dict__` (`state`). Unpickling it the official way executes `module_src`.
 
-Here a restricted unpickler resolves only the globals such a file needs (the list below);
-anything else, e.g. `os.system`, is refused with a `CheckpointError` before it can be called.
-The persistence hook is replaced by a function returning a plain `PersistentRecord`;
-`module_src` is kept as text and never executed. Tensor storages (legacy `torch.save`
-bytes) are read by `torch.load(weights_only=True)`. The generator record is then rebuilt as
-our own module: architecture detected from the record, constructed from its `_init_kwargs`,
-parameters and buffers gathered from the nested `_modules` states.
+Here `exfacegan.safe_unpickle` reads the file (see its docstring for the guarantees and why PyTorch's own
+weights-only unpickler does not fit): it resolves only the globals such a file needs (`NETWORK_PICKLE`);
+anything else, e.g. `os.system`, is refused with a `CheckpointError` naming it, before anything is called.
+The persistence hook becomes a function returning a plain `PersistentRecord`; `module_src` is kept as text
+and never executed. Tensors come from `exfacegan.safe_arrays` (the legacy `torch.save` storage bytes parsed
+there, sizes checked against the bytes present), NumPy values only of plain numeric dtypes. The generator
+record is then rebuilt as our own module: architecture detected from the record, constructed from its
+`_init_kwargs`, parameters and buffers gathered from the nested `_modules` states.
 """
 
 from __future__ import annotations
 
-import io
-import pickle
-import struct
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +28,8 @@ from torch import nn
 
 from exfacegan.errors import CheckpointError
 from exfacegan.gans.networks import build_generator
+from exfacegan.safe_arrays import NUMPY_NAMES, TORCH_CALLS, numpy_calls
+from exfacegan.safe_unpickle import Allowed, latin1_bytes, ordered_dict, plain_set, read_pickle
 
 GENERATOR_KEYS = ("G_ema", "G")
 # Positional constructor arguments of both official Generator classes, in order.
@@ -58,86 +57,35 @@ class PersistentRecord:
 
 
 def _persistent_record(meta: Any) -> PersistentRecord:
-    if not isinstance(meta, dict) or meta.get("type") != "class" or not isinstance(meta.get("state"), dict):
+    """`torch_utils.persistence._reconstruct_persistent_obj(meta)`, as inert data."""
+    if type(meta) is not dict or type(meta.get("type")) is not str or meta["type"] != "class" \
+            or type(meta.get("state")) is not dict \
+            or type(meta.get("class_name")) is not str or type(meta.get("module_src", "")) is not str:
         raise CheckpointError("malformed persistent object in the pickle (expected a 'class' record with a state dict)")
-    return PersistentRecord(
-        class_name=str(meta.get("class_name")),
-        module_src=str(meta.get("module_src", "")),
-        state=dict(meta["state"]),
-        version=meta.get("version"),
-    )
+    version = meta.get("version")
+    return PersistentRecord(class_name=meta["class_name"], module_src=meta.get("module_src", ""),
+                            state=dict(meta["state"]), version=version if type(version) is int else None)
 
 
-def _storage_from_bytes(data: bytes) -> Any:
-    """Replacement for `torch.storage._load_from_bytes` that allows tensor data only."""
-    if not isinstance(data, (bytes, bytearray)):
-        raise CheckpointError("malformed tensor storage in the pickle")
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-
-
-def numpy_globals() -> dict[tuple[str, str], Any]:
-    """What NumPy arrays and scalars of plain dtypes need to be unpickled."""
-    core = getattr(np, "_core", None) or np.core
-    table: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
-    for package in ("numpy.core", "numpy._core"):
-        table[(f"{package}.multiarray", "_reconstruct")] = core.multiarray._reconstruct
-        table[(f"{package}.multiarray", "scalar")] = core.multiarray.scalar
-        frombuffer = getattr(core.numeric, "_frombuffer", None)
-        if frombuffer is not None:  # arrays pickled with protocol 5 by NumPy >= 1.16
-            table[(f"{package}.numeric", "_frombuffer")] = frombuffer
-    return table
-
-
-ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    ("torch_utils.persistence", "_reconstruct_persistent_obj"): _persistent_record,
-    ("dnnlib.util", "EasyDict"): EasyDict,
-    ("collections", "OrderedDict"): OrderedDict,
-    ("builtins", "set"): set,
-    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
-    ("torch.storage", "_load_from_bytes"): _storage_from_bytes,
-    **numpy_globals(),
-}
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    """Resolves only `allowed_globals`; refuses every other global and persistent id.
-
-    Other file kinds subclass it with their own `allowed_globals`, `kind`, `holds` and `error`.
-    """
-
-    allowed_globals: dict[tuple[str, str], Any] = ALLOWED_GLOBALS
-    kind = "a network pickle"
-    holds = "tensors, NumPy arrays, dicts and StyleGAN persistence records"
-    error: type[Exception] = CheckpointError
-
-    def find_class(self, module: str, name: str) -> Any:
-        resolved = self.allowed_globals.get((module, name))
-        if resolved is None:
-            raise self.error(
-                f"refused to load: the pickle asks for the global '{module}.{name}', which {self.kind} "
-                f"does not need (only {self.holds} are allowed)"
-            )
-        return resolved
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise self.error(f"refused to load: the pickle uses persistent ids, which {self.kind} does not")
+NETWORK_PICKLE = Allowed(
+    calls={
+        ("torch_utils.persistence", "_reconstruct_persistent_obj"): _persistent_record,
+        ("collections", "OrderedDict"): ordered_dict,
+        ("builtins", "set"): plain_set,
+        ("_codecs", "encode"): latin1_bytes,
+        **TORCH_CALLS,
+        **numpy_calls(),
+    },
+    classes={("dnnlib.util", "EasyDict"): EasyDict},
+    names=NUMPY_NAMES,
+    kind="network pickle",
+    holds="tensors, NumPy numbers and arrays, dicts and StyleGAN persistence records",
+)
 
 
 def read_network_pickle(path: str | Path) -> Any:
     """Unpickle an official network pickle into plain data and `PersistentRecord`s."""
-    path = Path(path)
-    try:
-        with path.open("rb") as handle:
-            return RestrictedUnpickler(handle).load()
-    except CheckpointError as error:
-        raise CheckpointError(f"{path}: {error}") from None
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {path} does not exist") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, KeyError, IndexError,
-            struct.error, RuntimeError, UnicodeDecodeError, OSError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise CheckpointError(f"{path} is not a readable network pickle (truncated or corrupt?): {reason}") from None
+    return read_pickle(path, NETWORK_PICKLE, CheckpointError)
 
 
 def generator_record(data: Any, source: str | Path = "pickle") -> PersistentRecord:

@@ -1,13 +1,16 @@
 """10-fold verification on insightface .bin files (pickle of (bins, issame_list)).
 
-A .bin is read by a restricted unpickler (`gans.pickles.RestrictedUnpickler`) that resolves only what those
-files hold: bytes (Python 2 strings, or Python 3 bytes pickled with protocol 2 through `_codecs.encode`),
-NumPy arrays and bools; any other global, e.g. `os.system`, is refused, naming it, before it can run.
+A .bin is read by `exfacegan.safe_unpickle` (`BIN_PICKLE`), which resolves only what those files hold: bytes
+(Python 2 strings, or Python 3 bytes pickled with protocol 2 through `_codecs.encode`), NumPy arrays of plain
+numbers and bools; any other global, e.g. `os.system`, is refused, naming it, before anything is called.
 """
 from __future__ import annotations
 
 import io
 import pickle
+import struct
+import warnings
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +22,8 @@ from sklearn.model_selection import KFold
 
 from exfacegan.data.image_folder import decode_rgb
 from exfacegan.errors import DataError
-from exfacegan.gans.pickles import RestrictedUnpickler, numpy_globals
+from exfacegan.safe_arrays import NUMPY_NAMES, numpy_calls
+from exfacegan.safe_unpickle import Allowed, latin1_bytes, one_line, read_pickle
 from exfacegan.precision import autocast
 
 THRESHOLDS = np.arange(0, 4, 0.01)
@@ -39,33 +43,40 @@ def write_bin(path: str | Path, images: np.ndarray, issame: list[bool]) -> None:
         pickle.dump((bins, list(map(bool, issame))), f)
 
 
-def _latin1_bytes(text: str, encoding: str) -> bytes:
-    """`_codecs.encode` as Python 3 pickles bytes with protocol 2, and nothing else."""
-    if not isinstance(text, str) or encoding != "latin1":
-        raise DataError("refused to load: the pickle calls _codecs.encode other than to rebuild bytes")
-    return text.encode("latin1")
+MAX_IMAGE_SIDE = 4096
+# What PIL raises on corrupt image bytes besides OSError (e.g. SyntaxError: "broken PNG file").
+_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, TypeError, EOFError, IndexError, struct.error, zlib.error,
+                 Image.DecompressionBombError, Image.DecompressionBombWarning)
+BIN_PICKLE = Allowed(calls={**numpy_calls(), ("_codecs", "encode"): latin1_bytes}, classes={}, names=NUMPY_NAMES,
+                     kind="insightface .bin", holds="bytes, NumPy arrays and bools")
 
 
-class BinUnpickler(RestrictedUnpickler):
-    allowed_globals = {**numpy_globals(), ("_codecs", "encode"): _latin1_bytes}
-    kind = "an insightface .bin"
-    holds = "bytes, NumPy arrays and bools"
-    error = DataError
-
-
-def _load_pairs(handle: io.BufferedReader) -> tuple[list, np.ndarray]:
+def _pairs(data: object, path: Path) -> tuple[list, np.ndarray]:
     """The (encoded images, issame) pair of a .bin, checked to be exactly that."""
-    data = BinUnpickler(handle, encoding="bytes").load()
     if not (isinstance(data, (tuple, list)) and len(data) == 2):
-        raise DataError(f"expected a pair (images, issame), got {type(data).__name__}")
+        raise DataError(f"{path}: expected a pair (images, issame), got {type(data).__name__}")
     bins, issame = data
-    if not isinstance(bins, (list, tuple, np.ndarray)) or not all(
-            isinstance(b, (bytes, bytearray, np.ndarray)) for b in bins):
-        raise DataError("the images are not a list of encoded image bytes")
-    flags = np.asarray(issame)
+    if not isinstance(bins, (list, tuple)) or not all(isinstance(b, (bytes, bytearray, np.ndarray)) for b in bins):
+        raise DataError(f"{path}: the images are not a list of encoded image bytes")
+    try:
+        flags = np.asarray(issame)
+    except ValueError as error:  # ragged nesting
+        raise DataError(f"{path}: issame is not a list of bools ({error})") from None
     if flags.ndim != 1 or flags.dtype != bool:
-        raise DataError(f"issame is not a list of bools (dtype {flags.dtype}, {flags.ndim} dimensions)")
+        raise DataError(f"{path}: issame is not a list of bools (dtype {flags.dtype}, {flags.ndim} dimensions)")
     return list(bins), flags
+
+
+def _check_image_sizes(encoded: list[bytes]) -> None:
+    """Refuse, from the headers alone, an image declaring more than MAX_IMAGE_SIDE pixels a side (PIL's
+    decompression-bomb warning counts as a refusal, not a line on stderr)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        for data in encoded:
+            with Image.open(io.BytesIO(data)) as image:
+                if max(image.size) > MAX_IMAGE_SIDE:
+                    raise DataError(f"an image declares {image.size[0]}x{image.size[1]} pixels "
+                                    f"(at most {MAX_IMAGE_SIDE} a side)")
 
 
 def read_bin(path: str | Path, size: int = 112) -> tuple[torch.Tensor, np.ndarray]:
@@ -73,15 +84,16 @@ def read_bin(path: str | Path, size: int = 112) -> tuple[torch.Tensor, np.ndarra
     path = Path(path)
     if not path.is_file():
         raise DataError(f"verification file {path} not found; set eval.root to the folder of <name>.bin")
+    bins, issame = _pairs(read_pickle(path, BIN_PICKLE, DataError, encoding="bytes"), path)
+    if len(bins) != 2 * len(issame):
+        raise DataError(f"{path}: {len(bins)} images for {len(issame)} pairs; need 2 per pair")
+    encoded = [bytes(b) for b in bins]
     try:
-        with open(path, "rb") as f:
-            bins, issame = _load_pairs(f)
+        _check_image_sizes(encoded)
         with ThreadPoolExecutor(max_workers=8) as pool:
-            images = list(pool.map(lambda b: decode_rgb(bytes(b), size), bins))
-    except (DataError, pickle.UnpicklingError, EOFError, ValueError, TypeError, OSError) as error:
-        raise DataError(f"cannot read {path} as an insightface .bin (pickled images, issame): {error}") from None
-    if len(images) != 2 * len(issame):
-        raise DataError(f"{path}: {len(images)} images for {len(issame)} pairs; need 2 per pair")
+            images = list(pool.map(lambda b: decode_rgb(b, size), encoded))
+    except (DataError, *_IMAGE_ERRORS) as error:
+        raise DataError(f"cannot read {path} as an insightface .bin (pickled images, issame): {one_line(error)}") from None
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), np.asarray(issame, bool)
 
 
