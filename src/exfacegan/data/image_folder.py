@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 
 from exfacegan.errors import DataError
@@ -68,7 +68,7 @@ def decode_rgb(source: Path | bytes, size: int) -> np.ndarray:
             if image.size != (size, size):
                 image = image.resize((size, size), Image.BILINEAR)
             return np.array(image, dtype=np.uint8)
-    except (OSError, UnidentifiedImageError) as error:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:  # PIL: SyntaxError = broken PNG
         raise DataError(f"cannot read image {'bytes' if isinstance(source, bytes) else source}: {error}") from error
 
 
