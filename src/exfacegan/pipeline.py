@@ -89,7 +89,8 @@ class RunDirectory:
             self.check_finished(stage, stage_fingerprint)
         partial = self.partial_dir(stage)
         if partial.exists() and _marker_fingerprint(partial) != stage_fingerprint:
-            log.info("discarding an unfinished '%s' stage computed from another configuration", stage)
+            log.info("discarding an unfinished '%s' stage of another configuration (or with an unreadable %s)", stage,
+                     FINGERPRINT_FILE)
             shutil.rmtree(partial)
         if partial.exists():
             log.info("resuming the unfinished '%s' stage in %s", stage, partial)
@@ -167,16 +168,20 @@ class StageCache:
         if not entry.is_dir():
             return None
         record, problem = read_record(entry, stage=stage, fingerprint=stage_fingerprint)
-        problem = problem or check_listing(entry, record)
         tmp = destination.with_name(f".{destination.name}.{os.getpid()}.fetch")
         shutil.rmtree(tmp, ignore_errors=True)
-        if problem is None:
-            copy_files(entry, tmp, [*record["files"], CONTENTS_FILE])
-            problem = check_hashes(tmp, record)
+        if record is not None:
+            try:
+                difference = check_listing(entry, record)
+                if difference is None:
+                    copy_files(entry, tmp, [*record["files"], CONTENTS_FILE])
+                    difference = check_hashes(tmp, record)
+            except OSError as error:  # e.g. another job of a sweep discarded the entry meanwhile
+                difference = f"could not be read ({type(error).__name__}: {error})"
+            problem = f"differs from its record: {difference}" if difference else None
         if problem is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-            log.warning("%s: the cached result %s does not match its record: %s; discarded, the stage is "
-                        "recomputed", stage, entry, problem)
+            log.warning("%s: the cached result %s %s; discarded, the stage is recomputed", stage, entry, problem)
             self.discard(stage, stage_fingerprint)
             return None
         replace_dir(tmp, destination)
