@@ -146,6 +146,7 @@ MALFORMED = {  # case: (stage run, file damaged, damage, words of the message)
                            lambda p: p.write_bytes(p.read_bytes().replace(b"same", "sàme".encode("latin-1"))),
                            "not a readable UTF-8 CSV"),
     "non-JSON stats": ("analyze", "generate/stats.json", _truncate, "not readable JSON"),
+    "truncated boundaries read by analyze": ("analyze", "fit/boundaries.npz", _truncate, "not a readable .npz"),
 }
 
 

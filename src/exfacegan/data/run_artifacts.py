@@ -41,6 +41,8 @@ LABELS = {"labels": Array(("R", "N"), "i"), "references": Array(("R",), "iu")}
 BOUNDARIES = {"normals": Array(("R", "w_dim"), "f", True), "intercepts": Array(("R",), "f"),
               "val_accuracy": Array(("R",), "f"), "train_accuracy": Array(("R",), "f"), "valid": Array(("R",), "b"),
               "references": Array(("R",), "iu"), "reference_latents": Array(("R", "w_dim"), "f", True)}
+# What analyze reads of the boundaries (for its validation-accuracy section).
+BOUNDARY_ACCURACIES = {key: BOUNDARIES[key] for key in ("val_accuracy", "train_accuracy", "valid")}
 GENERATE_STATS = {"attempted": int, "dropped": int}
 
 
@@ -147,10 +149,11 @@ def labels(run_dir: Path, sizes: dict[str, int]) -> dict[str, np.ndarray]:
     return arrays
 
 
-def boundaries(run_dir: Path, sizes: dict[str, int]) -> dict[str, np.ndarray]:
+def boundaries(run_dir: Path, sizes: dict[str, int], spec: Mapping[str, Array] = BOUNDARIES) -> dict[str, np.ndarray]:
+    """The fit stage's boundaries (`spec`: the arrays the reader needs, all of them by default)."""
     path = run_dir / "fit" / "boundaries.npz"
-    arrays = read_arrays(path, "fit", BOUNDARIES, sizes)
-    if "N" in sizes:
+    arrays = read_arrays(path, "fit", spec, sizes)
+    if "references" in arrays and "N" in sizes:
         _check_indices(path, "fit", arrays["references"], sizes["N"])
     return arrays
 
