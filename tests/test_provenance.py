@@ -113,9 +113,9 @@ def test_stamping_rewrites_the_stage_lines_and_nothing_else(tmp_path):
 
 
 def test_the_card_lists_each_stage_in_pipeline_order(tmp_path):
-    stages = {"sample": {"how": "reused", "cache_entry": "/c/s", "computed_in": "/runs/a", "computed_at": "T1",
-                         "contents_sha256": "ab" * 32},
-              "fit": {"how": "computed", "computed_at": "T2", "contents_sha256": "cd" * 32}}
+    stages = {"fit": {"how": "computed", "computed_at": "T2", "contents_sha256": "cd" * 32},  # as JSON sorts them
+              "sample": {"how": "reused", "cache_entry": "/c/s", "computed_in": "/runs/a", "computed_at": "T1",
+                         "contents_sha256": "ab" * 32}}
     (tmp_path / "config.yaml").write_text("gan: {network: {_target_: random}}\nembedder: {network: {_target_: random}}\n")
     (tmp_path / "provenance.json").write_text(json.dumps({"git_revision": "f00d", "gpus": ["G1", "G2"],
                                                           "libraries": {"torch": "9.9"}, "stages": stages}))
