@@ -283,7 +283,8 @@ def test_report_shows_the_numbers_of_metrics_json(run_dir: Path, tmp_path: Path)
             expected = metrics[key]
         assert value == repr(expected), key
         assert text == _as_shown(key, expected), key
-    assert parser.links and all(link.startswith("data:image/png;base64,") for link in parser.links)
+    others = [link for link in parser.links if not link.startswith("data:image/png;base64,")]
+    assert parser.links and others == ["../run/generate/dataset/"]  # figures inline; one link: the dataset, relative
 
 
 def test_analyze_plain_image_folder(tmp_path: Path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -17,13 +18,15 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from exfacegan.config import validate_config
-from exfacegan.data.artifacts import load_json, save_json, save_text
+from exfacegan.data import run_artifacts
+from exfacegan.data.artifacts import save_json, save_text
 from exfacegan.devices import resolve_device
 from exfacegan.gans.latent import Truncation
 from exfacegan.loggers import build_logger
 from exfacegan.metrics.sweep_table import TIMINGS_FILE
 from exfacegan.pipeline import RunDirectory, StageCache, fingerprint
-from exfacegan.provenance import write_provenance
+from exfacegan.metrics.report import stamp_stage_lines
+from exfacegan.provenance import RunProvenance
 from exfacegan.cli.sweep import records_outcome
 
 log = logging.getLogger("exfacegan")
@@ -133,9 +136,11 @@ def run_sample(cfg: DictConfig, run: RunDirectory, out: Path, parts: Components,
 def run_label(cfg: DictConfig, run: RunDirectory, out: Path, parts: Components, logger: Any) -> None:
     from exfacegan.stages.label import label
 
-    sample_dir = run.require("sample")
+    run.require("sample")
+    sizes = run_artifacts.config_sizes(cfg)
+    found = run_artifacts.sample_latents(run.root, sizes)["found"]
     artifacts = label(
-        out, np.load(sample_dir / "embeddings.npy"), np.load(sample_dir / "latents.npz")["found"],
+        out, run_artifacts.sample_embeddings(run.root, sizes), found,
         num_references=cfg.label.num_references, pool_size=cfg.label.get("pool_size"), threshold=cfg.label.threshold,
         margin=cfg.boundary.margin, chunk_size=cfg.label.chunk_size,
         max_similarity=OmegaConf.select(cfg, "references.max_similarity", default=None), device=parts.device,
@@ -151,8 +156,11 @@ def run_label(cfg: DictConfig, run: RunDirectory, out: Path, parts: Components, 
 def run_fit(cfg: DictConfig, run: RunDirectory, out: Path, parts: Components, logger: Any) -> None:
     from exfacegan.stages.fit import fit
 
-    latents = np.load(run.require("sample") / "latents.npz")["w"]
-    labelled = np.load(run.require("label") / "labels.npz")
+    run.require("sample")
+    run.require("label")
+    sizes = run_artifacts.config_sizes(cfg)
+    latents = run_artifacts.sample_latents(run.root, sizes)["w"]
+    labelled = run_artifacts.labels(run.root, sizes)
     options = OmegaConf.to_container(cfg.boundary, resolve=True)
     options.pop("margin")
     solver = options.pop("solver")
@@ -178,7 +186,8 @@ def run_generate(cfg: DictConfig, run: RunDirectory, out: Path, parts: Component
     from exfacegan.stages.generate import GenerateSpec, generate
     from exfacegan.stages.identity_filter import IdentityFilterSpec, identity_filter_tests
 
-    boundaries = np.load(run.require("fit") / "boundaries.npz")
+    run.require("fit")
+    boundaries = run_artifacts.boundaries(run.root, run_artifacts.config_sizes(cfg))
     latents, normals, spec = boundaries["reference_latents"], boundaries["normals"], GenerateSpec.from_config(cfg)
     filter_spec = IdentityFilterSpec.from_config(cfg)
     accept = identity_filter_tests(filter_spec, parts.filter_judge, parts.generator, parts.aligner, latents, normals,
@@ -206,6 +215,9 @@ def _log_generate_stats(stats_path: Path, logger: Any) -> None:
 def run_analyze(cfg: DictConfig, run: RunDirectory, out: Path, parts: Components, logger: Any) -> None:
     from exfacegan.stages.analyze import analyze_run
 
+    if (run.root / "fit" / "boundaries.npz").is_file():  # optional: a dataset is analysed without its boundaries
+        run_artifacts.boundaries(run.root, {}, run_artifacts.BOUNDARY_ACCURACIES)  # readable, one length
+    run_artifacts.generate_outputs(run.root)
     options = {k: v for k, v in OmegaConf.to_container(cfg.analyze, resolve=True).items() if k != "judge"}
     metrics = analyze_run(run.root, out, parts.judge, device=parts.device, **options)
     logger.log_metrics({k: v for k, v in metrics.items() if not isinstance(v, (dict, str))}, "analyze")
@@ -232,20 +244,21 @@ def run_pipeline(cfg: DictConfig) -> RunDirectory:
             run.check_finished("generate" if stage == "merge" else stage, fingerprints[stage])
     root.mkdir(parents=True, exist_ok=True)
     save_text(root / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    write_provenance(root / "provenance.json", cfg)
+    provenance = RunProvenance(root, cfg)
+    provenance.save()
     cache = StageCache(Path(cfg.cache_dir)) if cfg.cache_dir else None
     parts = Components(cfg, resolve_device(cfg.device, _parallel_job_number(hydra_cfg)))
     logger = _logger(cfg, root, hydra_cfg)
     try:
         for stage in stages:
-            _run_stage(stage, cfg, run, fingerprints, cache, parts, logger)
+            _run_stage(stage, cfg, run, fingerprints, cache, parts, logger, provenance)
     finally:
         logger.finish()
     return run
 
 
 def _run_stage(stage: str, cfg: DictConfig, run: RunDirectory, fingerprints: dict[str, str],
-               cache: StageCache | None, parts: Components, logger: Any) -> None:
+               cache: StageCache | None, parts: Components, logger: Any, provenance: RunProvenance) -> None:
     stage_dir = "generate" if stage == "merge" else stage
     expected = fingerprints[stage]
     finished = run.finished_fingerprint(stage_dir)
@@ -260,6 +273,10 @@ def _run_stage(stage: str, cfg: DictConfig, run: RunDirectory, fingerprints: dic
     start = time.perf_counter()
     if stage != "merge" and cache is not None and cache.fetch(stage_dir, expected, run.stage_dir(stage_dir)):
         log.info("%s: reused the cached result %s", stage, cache.entry(stage_dir, expected))
+        provenance.record(stage_dir, how="reused", cache_entry=cache.entry(stage_dir, expected))
+        if stage == "analyze":  # the report's header tells how this run, not the one that computed it, got each stage
+            if stamp_stage_lines(run.stage_dir(stage_dir) / "report.html", provenance.lines()):
+                provenance.note_rewritten(stage_dir, "report.html")
         _record_time(run.root, stage, time.perf_counter() - start, "cached", logger)
         return
     out = run.begin(stage_dir, expected, overwrite=cfg.overwrite)
@@ -268,7 +285,10 @@ def _run_stage(stage: str, cfg: DictConfig, run: RunDirectory, fingerprints: dic
     _record_time(run.root, stage, time.perf_counter() - start, "ran" if complete is not False else "partial", logger)
     if complete is False:
         return
+    if stage == "analyze":
+        stamp_stage_lines(out / "report.html", provenance.lines(pending=stage_dir))
     run.commit(stage_dir)
+    provenance.record(stage_dir, how="computed")
     if cache is not None:
         cache.store(stage_dir, expected, run.stage_dir(stage_dir))
     log.info("%s: done, in %s", stage, run.stage_dir(stage_dir))
@@ -279,10 +299,24 @@ def _run_stage(stage: str, cfg: DictConfig, run: RunDirectory, fingerprints: dic
 def _record_time(root: Path, stage: str, seconds: float, how: str, logger: Any) -> None:
     """Wall time of a stage's last execution in this run folder, in `timings.json` (and the W&B summary)."""
     path = root / TIMINGS_FILE
-    timings = load_json(path) if path.is_file() else {}
+    timings = _earlier_timings(path)
     timings[stage] = {"seconds": round(seconds, 3), "how": how}
     save_json(path, timings)
     logger.log_metrics({"seconds": round(seconds, 3)}, stage)
+
+
+def _earlier_timings(path: Path) -> dict[str, Any]:
+    """timings.json as an earlier invocation left it; a damaged one is started afresh (it is only a record)."""
+    if not path.is_file():
+        return {}
+    try:
+        timings = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        timings = None
+    if not isinstance(timings, dict):
+        log.warning("%s is not readable JSON; it is started afresh", path)
+        return {}
+    return timings
 
 
 def _parallel_job_number(hydra_cfg: Any) -> int | None:

@@ -2,9 +2,12 @@
 
 A stage computes into `<run_dir>/<stage>.partial/` and is renamed to `<run_dir>/<stage>/` once
 complete, so a stage folder under its final name is always whole. Its `fingerprint.json` names
-the configuration (and upstream fingerprints) it was computed from. Finished stages are also
-hard-linked into a cache keyed by fingerprint, so that runs of a sweep share what they have in
-common (e.g. the sample stage of a threshold sweep).
+the configuration (and upstream fingerprints) it was computed from; its `contents.json`, written when it
+is committed, the SHA-256 and size of every file and the run and time that computed it
+(`exfacegan.contents`). Finished stages are also copied into a cache keyed by fingerprint, so that runs of
+a sweep share what they have in common (e.g. the sample stage of a threshold sweep). A cache entry is a
+copy, never a hard link, so that editing a run's file cannot change it; it is checked against its record
+before it is reused, and discarded (the stage recomputed) when a file differs.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from exfacegan.data.artifacts import link_tree, load_json, replace_dir, save_json, save_npz
+from exfacegan.contents import CONTENTS_FILE, check_hashes, check_listing, copy_files, read_record, record_contents
+from exfacegan.data.artifacts import load_json, replace_dir, save_json, save_npz
+from exfacegan.data.run_artifacts import read_json
 from exfacegan.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -52,7 +57,9 @@ class RunDirectory:
 
     def finished_fingerprint(self, stage: str) -> str | None:
         path = self.stage_dir(stage) / FINGERPRINT_FILE
-        return load_json(path)["fingerprint"] if path.is_file() else None
+        if not path.is_file():
+            return None
+        return read_json(path, stage, {"fingerprint": str})["fingerprint"]
 
     def require(self, stage: str) -> Path:
         path = self.stage_dir(stage)
@@ -81,9 +88,9 @@ class RunDirectory:
         if not overwrite:
             self.check_finished(stage, stage_fingerprint)
         partial = self.partial_dir(stage)
-        marker = partial / FINGERPRINT_FILE
-        if partial.exists() and (not marker.is_file() or load_json(marker)["fingerprint"] != stage_fingerprint):
-            log.info("discarding an unfinished '%s' stage computed from another configuration", stage)
+        if partial.exists() and _marker_fingerprint(partial) != stage_fingerprint:
+            log.info("discarding an unfinished '%s' stage of another configuration (or with an unreadable %s)", stage,
+                     FINGERPRINT_FILE)
             shutil.rmtree(partial)
         if partial.exists():
             log.info("resuming the unfinished '%s' stage in %s", stage, partial)
@@ -121,15 +128,28 @@ class RunDirectory:
         return discarded
 
     def commit(self, stage: str) -> Path:
-        for stray in self.partial_dir(stage).rglob(".*.tmp"):  # temporary files of a killed writer
+        """Record the partial folder's contents (`contents.json`) and give it the stage's name."""
+        partial = self.partial_dir(stage)
+        for stray in partial.rglob(".*.tmp"):  # temporary files of a killed writer
             stray.unlink()
-        replace_dir(self.partial_dir(stage), self.stage_dir(stage))
+        record_contents(partial, stage=stage, fingerprint=load_json(partial / FINGERPRINT_FILE)["fingerprint"],
+                        computed_in=self.root)
+        replace_dir(partial, self.stage_dir(stage))
         return self.stage_dir(stage)
+
+
+def _marker_fingerprint(partial: Path) -> str | None:
+    """The fingerprint a partial folder was begun for; None when its marker is missing or unreadable."""
+    try:
+        return str(json.loads((partial / FINGERPRINT_FILE).read_text(encoding="utf-8"))["fingerprint"])
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        return None
 
 
 @dataclass
 class StageCache:
-    """Finished stage folders shared between runs, keyed by stage fingerprint."""
+    """Finished stage folders shared between runs, keyed by stage fingerprint: `<root>/<stage>/<fingerprint>/`,
+    a read-only copy of the stage folder with its `contents.json`."""
 
     root: Path
 
@@ -139,29 +159,58 @@ class StageCache:
     def entry(self, stage: str, stage_fingerprint: str) -> Path:
         return self.root / stage / stage_fingerprint
 
-    def fetch(self, stage: str, stage_fingerprint: str, destination: Path) -> bool:
-        """Link a cached stage into `destination`; False when nothing is cached."""
+    def fetch(self, stage: str, stage_fingerprint: str, destination: Path) -> dict[str, Any] | None:
+        """Copy a cached stage into `destination` and return its record; None when nothing is cached, or when
+        the entry does not match its record (it is then discarded, with one warning naming the file).
+
+        The copies are hashed, not the entry: what the run receives is what was checked."""
         entry = self.entry(stage, stage_fingerprint)
-        if not (entry / FINGERPRINT_FILE).is_file():
-            return False
-        tmp = destination.with_name(f".{destination.name}.fetch")
+        if not entry.is_dir():
+            return None
+        record, problem = read_record(entry, stage=stage, fingerprint=stage_fingerprint)
+        tmp = destination.with_name(f".{destination.name}.{os.getpid()}.fetch")
         shutil.rmtree(tmp, ignore_errors=True)
-        link_tree(entry, tmp)
+        if record is not None:
+            try:
+                difference = check_listing(entry, record)
+                if difference is None:
+                    copy_files(entry, tmp, [*record["files"], CONTENTS_FILE])
+                    difference = check_hashes(tmp, record)
+            except OSError as error:  # e.g. another job of a sweep discarded the entry meanwhile
+                difference = f"could not be read ({type(error).__name__}: {error})"
+            problem = f"differs from its record: {difference}" if difference else None
+        if problem is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+            log.warning("%s: the cached result %s %s; discarded, the stage is recomputed", stage, entry, problem)
+            self.discard(stage, stage_fingerprint)
+            return None
         replace_dir(tmp, destination)
-        return True
+        return record
 
     def store(self, stage: str, stage_fingerprint: str, source: Path) -> None:
+        """Copy a finished stage folder (as its record lists it) into the cache, its files read-only."""
         entry = self.entry(stage, stage_fingerprint)
-        if entry.exists():
+        record, problem = read_record(source, stage=stage, fingerprint=stage_fingerprint)
+        if entry.exists() or record is None:
+            if problem is not None:
+                log.warning("%s: not cached: %s %s", stage, source, problem)
             return
         tmp = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        link_tree(source, tmp)
+        copy_files(source, tmp, [*record["files"], CONTENTS_FILE], read_only=True)
         try:
             os.replace(tmp, entry)
         except OSError:  # another job of the sweep stored it first
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def discard(self, stage: str, stage_fingerprint: str) -> None:
+        entry = self.entry(stage, stage_fingerprint)
+        trash = entry.with_name(f".{entry.name}.{os.getpid()}.discarded")
+        try:
+            os.replace(entry, trash)
+        except OSError:  # already gone (another job discarded it)
+            return
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 class ChunkStore:

@@ -71,17 +71,6 @@ def replace_dir(src: Path, dst: Path) -> None:
         os.replace(src, dst)
 
 
-def link_tree(src: Path, dst: Path) -> None:
-    """Copy a directory tree as hard links (a plain copy across file systems)."""
-    def link_or_copy(a: str, b: str) -> None:
-        try:
-            os.link(a, b)
-        except OSError:
-            shutil.copy2(a, b)
-
-    shutil.copytree(src, dst, copy_function=link_or_copy)
-
-
 def _to_builtin(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()

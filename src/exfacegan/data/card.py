@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 import exfacegan
 from exfacegan.data.artifacts import load_json
+from exfacegan.provenance import STAGE_ORDER, describe_stage
 
 NVIDIA_LICENSE = (
     "NVIDIA Source Code License (non-commercial: research or evaluation only), the license of NVIDIA's StyleGAN2-ADA-"
@@ -67,6 +68,10 @@ def _table(rows: dict[str, Any]) -> list[str]:
     return ["| | |", "|---|---|", *(f"| {key} | {_number(value)} |" for key, value in rows.items())]
 
 
+def _stage_position(stage: str) -> int:
+    return STAGE_ORDER.index(stage) if stage in STAGE_ORDER else len(STAGE_ORDER)
+
+
 def dataset_card(run_dir: Path, *, fmt: str, labels: np.ndarray, image_encoding: str, usage: str,
                  files: dict[str, str]) -> str:
     """The card's Markdown. `labels`: class per exported image; `files`: exported file -> sha256."""
@@ -111,8 +116,15 @@ def dataset_card(run_dir: Path, *, fmt: str, labels: np.ndarray, image_encoding:
     if provenance_path.is_file():
         provenance = load_json(provenance_path)
         checkpoints = provenance.pop("checkpoints", {}) or {}
-        lines += [*_table({key: value for key, value in provenance.items() if key != "command"}),
+        stages, libraries = provenance.pop("stages", {}) or {}, provenance.pop("libraries", {}) or {}
+        lines += [*_table({key: ", ".join(map(str, value)) if isinstance(value, list) else value
+                           for key, value in provenance.items() if key != "command"}),
                   f"- command: `{' '.join(map(str, provenance.get('command', [])))}`"]
+        if libraries:
+            lines += [f"- libraries: {', '.join(f'{name} {version}' for name, version in libraries.items())}"]
+        lines += [f"- {describe_stage(stage, record)}"
+                  + (f"; contents sha256 `{record['contents_sha256']}`" if record.get("contents_sha256") else "")
+                  for stage, record in sorted(stages.items(), key=lambda item: _stage_position(item[0]))]
         lines += [f"- checkpoint `{name}` ({entry.get('path')}): sha256 `{entry.get('sha256')}`"
                   for name, entry in checkpoints.items()]
     lines += ["", "## How to verify it", "", VERIFY_TEXT, ""]

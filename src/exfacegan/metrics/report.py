@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import math
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,9 @@ RATE_KEYS = {"eer", "fmr100", "fmr1000", "dropped_fraction", "val_accuracy_mean"
              "val_accuracy_min", "val_accuracy_max", "train_accuracy_mean", "accepted_fraction",
              "accepted_fraction_class_min", "accepted_fraction_class_median", "acceptance"}
 LOWEST_CLASSES_SHOWN = 10
+# The header's list of how the run got each stage, between these markers, is rewritten when a run reuses the
+# report from the stage cache (stamp_stage_lines).
+STAGES_START, STAGES_END = '<ul class="stages">', "</ul><!-- /stages -->"
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0; background: #f4f5f7; color: #1d2430; }
@@ -41,6 +45,8 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 figure { margin: 0; }
 img { max-width: 100%; height: auto; display: block; }
 .note { color: #5b6575; font-size: 0.85rem; margin: 8px 0 0; }
+.sub a { color: inherit; }
+ul.stages { color: #5b6575; font-size: 0.85rem; margin: -12px 0 20px; padding-left: 18px; word-break: break-all; }
 """
 
 
@@ -116,14 +122,44 @@ def _per_class_section(metrics: Mapping[str, Any], figure: Figure | None) -> str
     )
 
 
+def stage_lines_html(lines: Sequence[str]) -> str:
+    """The header's list of stages (one line each, e.g. "sample: reused from <entry> (computed in <run> at
+    <time>)"), between the markers that stamp_stage_lines finds."""
+    return STAGES_START + "".join(f'<li class="stage">{html.escape(line)}</li>' for line in lines) + STAGES_END
+
+
+def stamp_stage_lines(report: Path, lines: Sequence[str]) -> bool:
+    """Rewrite the stage lines of a report's header; False when the report has none to rewrite."""
+    text = Path(report).read_text(encoding="utf-8")
+    start, end = text.find(STAGES_START), text.find(STAGES_END)
+    if start < 0 or end < start:
+        return False
+    save_text(report, text[:start] + stage_lines_html(lines) + text[end + len(STAGES_END):])
+    return True
+
+
+def _dataset_link(metrics: Mapping[str, Any], out_dir: Path, dataset_dir: Path | None) -> str:
+    """The dataset's name as metrics.json records it, linked by a path relative to the report, so that the
+    link follows the report when its run folder is copied, moved or reused by another run."""
+    name = html.escape(str(metrics.get("dataset", "")))
+    if dataset_dir is None:
+        return name
+    href = os.path.relpath(Path(dataset_dir).resolve(), Path(out_dir).resolve())
+    return f'<a class="dataset" href="{html.escape(Path(href).as_posix())}/">{name}</a>'
+
+
 def write_report(
     out_dir: Path,
     metrics: Mapping[str, Any],
     figures: Mapping[str, Figure],
     *,
     title: str = "ExFaceGAN identity report",
+    dataset_dir: Path | None = None,
+    stage_lines: Sequence[str] = (),
 ) -> Path:
-    """Write `out_dir/report.html` from `metrics` and the figures keyed by Figure.name; returns its path."""
+    """Write `out_dir/report.html` from `metrics` and the figures keyed by Figure.name; returns its path.
+
+    `dataset_dir`: linked from the header (relative to the report); `stage_lines`: how the run got each stage."""
     sections = [
         _cards(metrics),
         "<section><h2>Genuine and impostor similarity</h2><div class=\"row\"><div>"
@@ -167,9 +203,10 @@ def write_report(
         )
     header = (
         f"<h1>{html.escape(title)}</h1>"
-        f'<p class="sub">{html.escape(str(metrics.get("dataset", "")))} · judged by '
+        f'<p class="sub">{_dataset_link(metrics, out_dir, dataset_dir)} · judged by '
         f'{html.escape(str(metrics.get("embedder", "")))} · {_metric(metrics, "images")} images of '
         f'{_metric(metrics, "identities")} identities</p>'
+        + stage_lines_html(stage_lines)
     )
     document = (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"

@@ -110,9 +110,12 @@ def analyze(
     grid_identities: int = 8,
     grid_images: int = 8,
     num_workers: int = 0,
+    dataset_name: str | None = None,
 ) -> dict[str, Any]:
     """Embed `dataset_dir`, score it, and write metrics.json, scores.npz, figures and report.html to `out_dir`.
 
+    `dataset_name`: how metrics.json names the dataset (a run's: its path relative to the run folder, so that a
+    run reusing this result from the stage cache names its own; default: the absolute path).
     Returns the metrics; the figures are the PNG files in `out_dir`, each named after its `Figure.name`.
     """
     out_dir = Path(out_dir)
@@ -121,7 +124,7 @@ def analyze(
     embeddings = embed_dataset(dataset, embedder, batch_size=batch_size, device=device, num_workers=num_workers)
     scores, class_names = _score(dataset, embeddings, manifest_path, max_impostor_pairs=max_impostor_pairs, seed=seed)
     metrics: dict[str, Any] = {
-        "dataset": str(Path(dataset_dir).resolve()), "embedder": type(embedder).__name__,
+        "dataset": dataset_name or str(Path(dataset_dir).resolve()), "embedder": type(embedder).__name__,
         "images": len(dataset), "identities": len(dataset.classes),
         **_separation_metrics(scores, class_names),
     }
@@ -133,7 +136,7 @@ def analyze(
     save_npz(out_dir / "scores.npz", genuine=scores.genuine, genuine_class=scores.genuine_class,
              impostor=scores.impostor, both_sides=scores.both_sides)
     save_json(out_dir / "metrics.json", metrics)
-    report = write_report(out_dir, metrics, figures)
+    report = write_report(out_dir, metrics, figures, dataset_dir=dataset_dir)
     log.info("analyze: EER %.4f, FMR100 %.4f, FDR %.3f (%s)", metrics["eer"], metrics["fmr100"], metrics["fdr"],
              report.name)
     return metrics
@@ -216,8 +219,10 @@ def find_run_inputs(run_dir: Path) -> dict[str, Path | None]:
 
 
 def analyze_run(run_dir: Path, out_dir: Path | None, embedder: nn.Module, **options: Any) -> dict[str, Any]:
-    """`analyze` on the dataset of an ExFaceGAN run; out_dir defaults to `run_dir/analyze`."""
+    """`analyze` on the dataset of an ExFaceGAN run; out_dir defaults to `run_dir/analyze`. metrics.json names
+    the dataset by its path relative to the run folder."""
     run_dir = Path(run_dir)
     inputs = find_run_inputs(run_dir)
-    return analyze(inputs.pop("dataset_dir"), run_dir / "analyze" if out_dir is None else out_dir, embedder,
-                   **inputs, **options)
+    dataset_dir = inputs.pop("dataset_dir")
+    return analyze(dataset_dir, run_dir / "analyze" if out_dir is None else out_dir, embedder, **inputs,
+                   dataset_name=dataset_dir.relative_to(run_dir).as_posix(), **options)
