@@ -16,7 +16,7 @@ from PIL import Image
 
 from exfacegan.cli.main import main as cli_main
 from exfacegan.data.gallery import load_gallery
-from exfacegan.errors import DataError
+from exfacegan.errors import ConfigError, DataError
 from exfacegan.metrics.nearest import best_per_class, nearest
 from exfacegan.stages.audit import impostor_threshold
 
@@ -238,3 +238,65 @@ def _tagged(checker, page: str) -> list[tuple[str, str, str]]:
     parser = checker.TaggedNumbers()
     parser.feed(page)
     return parser.numbers
+
+
+def test_references_closer_than_the_bound_to_a_real_identity_are_left_out(tmp_path):
+    from exfacegan.stages.label import label
+
+    rng = np.random.default_rng(0)
+    embeddings = rng.standard_normal((12, 8)).astype(np.float32)
+    found = np.ones(12, bool)
+    found[1] = False
+    real = np.array([0.1, 0.9, 0.95, 0.2, 0.5, 0.81, 0.3, 0.0, 0.1, 0.1, 0.1, 0.1], np.float32)
+    artifacts = label(tmp_path, embeddings, found, num_references=4, real_similarity=real, max_real_similarity=0.8)
+    # found codes 0, 2..11; those at or below 0.8: 0, 3, 4, 6, 7, ...; the first four
+    np.testing.assert_array_equal(np.load(artifacts.labels)["references"], [0, 3, 4, 6])
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert stats["references_left_out_real"] == 2 and stats["references_nearest_real_max"] == pytest.approx(0.5)
+    distinct = label(tmp_path / "d", embeddings, found, num_references=3, max_similarity=0.99, real_similarity=real,
+                     max_real_similarity=0.8)
+    assert not set(np.load(distinct.labels)["references"]) & {2, 5}
+    with pytest.raises(ConfigError, match="leaves no code"):
+        label(tmp_path / "e", embeddings, found, real_similarity=np.ones(12, np.float32), max_real_similarity=0.5)
+
+
+@pytest.mark.parametrize("references, fragment", [
+    ({"max_real_similarity": 0.5}, "needs references.real_gallery"),
+    ({"real_gallery": "{gallery}"}, "max_real_similarity is null"),
+    ({"max_real_similarity": 0.5, "real_gallery": "{missing}"}, "does not exist"),
+    ({"max_real_similarity": 1.5, "real_gallery": "{gallery}"}, "cosine similarity"),
+    ({"max_real_similarity": 0.5, "real_gallery": "{text}"}, "is not a gallery"),
+])
+def test_the_real_bound_is_checked_before_anything_loads(tmp_path, references, fragment):
+    from omegaconf import OmegaConf
+
+    from exfacegan.stages.identity_filter import check_real_bound
+
+    (tmp_path / "g.npz").write_bytes(b"")
+    (tmp_path / "g.txt").write_text("x")
+    values = {k: str(v).format(gallery=tmp_path / "g.npz", missing=tmp_path / "none", text=tmp_path / "g.txt")
+              if isinstance(v, str) else v for k, v in references.items()}
+    with pytest.raises(ConfigError, match=fragment):
+        check_real_bound(OmegaConf.create({"references": values}))
+    check_real_bound(OmegaConf.create({"references": {"max_real_similarity": 0.5, "real_gallery": str(tmp_path / "g.npz")}}))
+
+
+def test_the_dataset_card_summarises_the_audit_and_the_left_out_references(tmp_path):
+    from exfacegan.data.card import dataset_card
+
+    (tmp_path / "audit").mkdir()
+    (tmp_path / "label").mkdir()
+    (tmp_path / "config.yaml").write_text("embedder:\n  network: {_target_: exfacegan.embedders.DlibEmbedder}\n")
+    row = {"class": "00007", "similarity": 0.93125, "real_identity": "someone", "real_index": 3, "image": "x.png",
+           "mean_similarity": 0.9, "mean_real_identity": "someone", "flagged": True}
+    audit = {"gallery": "/data/lfw.bin", "real_identities": 5749, "real_images": 13233, "embedder": "DlibEmbedder",
+             "flagged": 1, "classes": 20, "threshold": 0.91234, "fmr": 1e-4, "impostor_source": "synthetic: sampled",
+             "nearest_real_max": 0.93125, "nearest_real_median": 0.5, "nearest_real_mean_max": 0.9,
+             "threshold_resolved": True, "chance_flags_bound": 0.5,
+             "per_class": [row, {**row, "class": "00001", "similarity": 0.2, "flagged": False}]}
+    (tmp_path / "audit" / "audit.json").write_text(json.dumps(audit))
+    (tmp_path / "label" / "stats.json").write_text(json.dumps({"max_real_similarity": 0.6, "references_left_out_real": 4}))
+    card = dataset_card(tmp_path, fmt="folder", labels=np.zeros(3, np.int64), image_encoding="png", usage="", files={})
+    assert "1 of 20 identities above the threshold 0.9123 (FMR 0.0001" in card
+    assert "- identity `00007` ~ real `someone`: 0.9313" in card and "00001" not in card
+    assert "max_real_similarity=0.6: 4" in card and "| nearest_real_median | 0.5 |" in card

@@ -61,6 +61,29 @@ def _table(rows: dict[str, Any]) -> list[str]:
     return ["| | |", "|---|---|", *(f"| {key} | {_number(value)} |" for key, value in rows.items())]
 
 
+def audit_summary(run_dir: Path) -> list[str]:
+    """The card's leakage section: the audit's numbers (`audit/audit.json`, from `exfacegan audit`) and the
+    references the label stage left out for being close to a real identity (`label/stats.json`)."""
+    lines = ["", "## Leakage audit against real identities", ""]
+    audit_path, label_path = run_dir / "audit" / "audit.json", run_dir / "label" / "stats.json"
+    if label_path.is_file():
+        stats = load_json(label_path)
+        lines += [f"- references left out for a real identity above references.max_real_similarity="
+                  f"{stats['max_real_similarity']}: {stats['references_left_out_real']}", ""]
+    if not audit_path.is_file():
+        return lines + ["Not audited: `exfacegan audit <run_dir> --against <real faces>` writes `audit/audit.json`."]
+    audit = load_json(audit_path)
+    lines += [f"Against `{audit['gallery']}` ({audit['real_identities']} real identities, {audit['real_images']} "
+              f"images), judged by {audit['embedder']}: {audit['flagged']} of {audit['classes']} identities above "
+              f"the threshold {audit['threshold']:.4f} (FMR {audit['fmr']:g}, {audit['impostor_source']}).", "",
+              *_table({key: audit[key] for key in ("nearest_real_max", "nearest_real_median", "nearest_real_mean_max",
+                                                   "threshold_resolved", "chance_flags_bound")}), ""]
+    flagged = [row for row in audit["per_class"] if row["flagged"]]
+    lines += [f"- identity `{row['class']}` ~ real `{row['real_identity']}`: {row['similarity']:.4f}"
+              for row in flagged[:20]]
+    return lines + ([f"- ... and {len(flagged) - 20} more (audit/audit.json)"] if len(flagged) > 20 else [])
+
+
 def dataset_card(run_dir: Path, *, fmt: str, labels: np.ndarray, image_encoding: str, usage: str,
                  files: dict[str, str]) -> str:
     """The card's Markdown. `labels`: class per exported image; `files`: exported file -> sha256."""
@@ -98,6 +121,7 @@ def dataset_card(run_dir: Path, *, fmt: str, labels: np.ndarray, image_encoding:
                            if key not in METRIC_NAMES and isinstance(value, (int, float, str))})]
     else:
         lines += ["The run has no `analyze/metrics.json`: the dataset was not analysed."]
+    lines += audit_summary(run_dir)
     if stats_path.is_file():
         stats = {key: value for key, value in load_json(stats_path).items() if isinstance(value, (int, float, str))}
         lines += ["", "## Generation statistics (`generate/stats.json`)", "", *_table(stats)]
