@@ -92,3 +92,51 @@ def test_rotating_a_photo_in_plane_changes_roll_by_the_angle(photos, dlib_aligne
     # Yaw rests on the nose tip's offset alone: 1 px of landmark error is about 3 degrees at these faces' size
     # (measured: dlib's yaw moves by up to 3.0 degrees under these rotations).
     assert turned[0] == pytest.approx(pose[0], abs=4.0), (pose, turned)
+
+
+class PosedAligner(torch.nn.Module):
+    """A detecting aligner double: every image's five points are the mean face turned by POSE (scipy's rotation),
+    placed in the image; images whose mean red value is above `drop_above` have no face."""
+
+    POSE = np.array([[20.0, -5.0, 8.0]])
+
+    def __init__(self, drop_above: float = 2.0) -> None:
+        super().__init__()
+        from exfacegan.align import scaled_template
+
+        self.drop_above, self.size = drop_above, 112
+        self.register_buffer("target", scaled_template("arcface", 112), persistent=False)
+
+    def landmarks(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        side = images.shape[-1]
+        points = torch.from_numpy(_project(self.POSE, scale=side / 112, shift=(side / 2, side / 2))).float()
+        return points.expand(len(images), 5, 2).clone(), images[:, 0].mean((1, 2)) <= self.drop_above
+
+
+def test_generate_writes_each_face_pose_to_the_manifest_and_sample_to_poses_npy(tmp_path):
+    import csv
+
+    from exfacegan.gans.latent import Truncation
+    from exfacegan.stages.generate import GenerateSpec, generate
+    from exfacegan.stages.offsets import OffsetSpec
+    from exfacegan.stages.sample import sample
+    from toys import ToyAligner, ToyEmbedder, ToyGenerator
+
+    rng = np.random.default_rng(1)
+    w, n = rng.standard_normal((3, 6)).astype(np.float32), rng.standard_normal((3, 6)).astype(np.float32)
+    spec = GenerateSpec(offsets=OffsetSpec(per_class=3, max_off=5.0), batch_size=4)
+    for name, aligner, expected in (("posed", PosedAligner(), PosedAligner.POSE[0]),
+                                    ("plain", ToyAligner(), np.full(3, np.nan))):
+        artifacts = generate(tmp_path / name, ToyGenerator(), aligner, reference_latents=w, normals=n, spec=spec)
+        with open(artifacts.manifest, newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert len(rows) == 3 * 2 * 3
+        poses = np.array([[float(row[c]) for c in ("yaw", "pitch", "roll")] for row in rows])
+        np.testing.assert_allclose(poses, np.broadcast_to(expected, poses.shape), atol=1e-3)
+    found_some = PosedAligner(drop_above=-0.028)
+    out = sample(tmp_path / "sample", ToyGenerator(), found_some, ToyEmbedder(), num_samples=10, seed=3,
+                 truncation=Truncation(psi=0.5), batch_size=4, preview=4)
+    poses, found = np.load(out.poses), np.load(out.latents)["found"]
+    assert 0 < found.sum() < len(found)
+    np.testing.assert_allclose(poses[found], np.broadcast_to(PosedAligner.POSE, (found.sum(), 3)), atol=1e-3)
+    assert np.isnan(poses[~found]).all()

@@ -36,12 +36,13 @@ from tqdm.auto import tqdm
 from exfacegan.data.artifacts import atomic_path, load_json, save_json
 from exfacegan.data.images import IMAGE_FORMATS, write_images
 from exfacegan.errors import ConfigError, DataError
+from exfacegan.align.pose import POSE_COLUMNS, align_with_points, head_pose
 from exfacegan.gans.latent import Truncation, synthesize, to_uint8
 from exfacegan.stages.offsets import REFERENCE_ATTEMPT, SIDES, Draw, OffsetSpec, draw_codes, first_draws
 
 log = logging.getLogger(__name__)
 
-MANIFEST_FIELDS = ["path", "class", "reference", "side", "k", "attempt", "found", "rejected"]
+MANIFEST_FIELDS = ["path", "class", "reference", "side", "k", "attempt", "found", "rejected", *POSE_COLUMNS]
 PLAN_FILE = "plan.json"
 NO_FACE = "no_face"
 
@@ -161,9 +162,9 @@ def _fill_classes(references: np.ndarray, spec: GenerateSpec, render: _Renderer)
     while pending:
         verdicts = [v for begin in range(0, len(pending), spec.batch_size)
                     for v in render(pending[begin : begin + spec.batch_size])]
-        rows += [_row(d, found, rejected, spec.image_format) for d, (found, rejected) in zip(pending, verdicts)]
+        rows += [_row(d, found, rejected, spec.image_format, pose) for d, (found, rejected, pose) in zip(pending, verdicts)]
         retry = []
-        for d, (_, rejected) in zip(pending, verdicts):
+        for d, (_, rejected, _) in zip(pending, verdicts):
             if rejected and offsets.on_no_face == "redraw" and renders[d.cls] < offsets.attempts_per_class:
                 retry.append(Draw(d.cls, d.reference, d.side, d.slot, next_attempt[d.cls]))
                 next_attempt[d.cls] += 1
@@ -173,17 +174,18 @@ def _fill_classes(references: np.ndarray, spec: GenerateSpec, render: _Renderer)
 
 
 class _Renderer:
-    """draws -> (found, rejected reason or "") per draw; writes the kept faces to their slots."""
+    """draws -> (found, rejected reason or "", (yaw, pitch, roll)) per draw; writes the kept faces to their slots."""
 
     def __init__(self, dataset: Path, generator: nn.Module, aligner: nn.Module, latents: np.ndarray,
                  normals: np.ndarray, spec: GenerateSpec, accept: Sequence[Acceptance], device: Any) -> None:
         self.dataset, self.generator, self.aligner = dataset, generator, aligner
         self.latents, self.normals, self.spec, self.accept, self.device = latents, normals, spec, accept, device
 
-    def __call__(self, draws: list[Draw]) -> list[tuple[bool, str]]:
+    def __call__(self, draws: list[Draw]) -> list[tuple[bool, str, np.ndarray]]:
         spec = self.spec
         codes, attribute_seeds = draw_codes(draws, self.latents, self.normals, spec.offsets)
-        faces, found = render_faces(self.generator, self.aligner, codes, attribute_seeds, spec, self.device)
+        faces, found, poses = render_posed_faces(self.generator, self.aligner, codes, attribute_seeds, spec,
+                                                 self.device)
         rejected = _rejections(faces, found, draws, self.accept)
         kept = [i for i, reason in enumerate(rejected) if not reason]
         paths = [self.dataset / _image_path(draws[i], spec.image_format) for i in kept]
@@ -191,16 +193,23 @@ class _Renderer:
             folder.mkdir(parents=True, exist_ok=True)
         write_images(paths, faces[torch.tensor(kept, dtype=torch.long, device=faces.device)].cpu(),
                      quality=spec.jpeg_quality)
-        return list(zip(found, rejected))
+        return list(zip(found, rejected, poses))
 
 
 def render_faces(generator: nn.Module, aligner: nn.Module, codes: np.ndarray, attribute_seeds: np.ndarray,
                  spec: GenerateSpec, device: Any) -> tuple[torch.Tensor, list[bool]]:
     """uint8 aligned faces [M, 3, H, W] of these codes, as the dataset saves them, and whether each was found."""
+    faces, found, _ = render_posed_faces(generator, aligner, codes, attribute_seeds, spec, device)
+    return faces, found
+
+
+def render_posed_faces(generator: nn.Module, aligner: nn.Module, codes: np.ndarray, attribute_seeds: np.ndarray,
+                       spec: GenerateSpec, device: Any) -> tuple[torch.Tensor, list[bool], np.ndarray]:
+    """`render_faces` and each face's head pose [M, 3] (yaw, pitch, roll; NaN without landmarks)."""
     images = synthesize(generator, torch.from_numpy(codes).to(device), truncation=spec.truncation,
                         noise_mode=spec.noise_mode, seeds=torch.from_numpy(attribute_seeds), precision=spec.precision)
-    faces, found = aligner(images)
-    return to_uint8(faces), found.bool().cpu().tolist()
+    faces, found, points = align_with_points(aligner, images)
+    return to_uint8(faces), found.bool().cpu().tolist(), head_pose(points, found)
 
 
 def _rejections(faces: torch.Tensor, found: list[bool], draws: list[Draw], accept: Sequence[Acceptance]) -> list[str]:
@@ -219,10 +228,10 @@ def _image_path(draw: Draw, image_format: str) -> str:
     return f"{draw.cls:05d}/{draw.cls:05d}_{draw.slot:03d}.{image_format}"
 
 
-def _row(draw: Draw, found: bool, rejected: str, image_format: str) -> dict:
+def _row(draw: Draw, found: bool, rejected: str, image_format: str, pose: np.ndarray) -> dict:
     return {"path": "" if rejected else _image_path(draw, image_format), "class": draw.cls,
             "reference": draw.reference, "side": SIDES[draw.side], "k": draw.slot, "attempt": draw.attempt,
-            "found": int(found), "rejected": rejected}
+            "found": int(found), "rejected": rejected, **{name: f"{v:.3f}" for name, v in zip(POSE_COLUMNS, pose)}}
 
 
 def _plan(out_dir: Path, num_references: int, references_per_chunk: int) -> int:
