@@ -140,3 +140,40 @@ def test_generate_writes_each_face_pose_to_the_manifest_and_sample_to_poses_npy(
     assert 0 < found.sum() < len(found)
     np.testing.assert_allclose(poses[found], np.broadcast_to(PosedAligner.POSE, (found.sum(), 3)), atol=1e-3)
     assert np.isnan(poses[~found]).all()
+
+
+def test_the_report_and_card_show_the_pose_histograms_and_each_identitys_yaw_spread(tmp_path):
+    import csv
+    import json
+
+    from exfacegan.data.card import dataset_card
+    from exfacegan.stages.analyze import analyze
+    from test_report import _screenshot_module
+    from toys import ToyEmbedder
+
+    rng = np.random.default_rng(0)
+    yaw = {0: [10.0, 20.0, 30.0], 1: [-5.0, 5.0, float("nan")], 2: [0.0, 0.0, 12.0]}
+    rows = []
+    for cls, values in yaw.items():
+        for k, value in enumerate(values):
+            path = f"{cls:05d}/{cls:05d}_{k:03d}.png"
+            (tmp_path / "dataset" / path).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (112, 112, 3), dtype=np.uint8)).save(tmp_path / "dataset" / path)
+            rows.append({"path": path, "class": cls, "side": "same", "yaw": f"{value:.3f}", "pitch": "1.000",
+                         "roll": "-2.000"})
+    with open(tmp_path / "manifest.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    metrics = analyze(tmp_path / "dataset", tmp_path / "analyze", ToyEmbedder(), manifest_path=tmp_path / "manifest.csv")
+    assert metrics["pose_faces"] == 8
+    expected = {"00000": np.std([10, 20, 30]), "00001": np.std([-5, 5]), "00002": np.std([0, 0, 12])}
+    assert metrics["yaw_spread_per_class"] == pytest.approx(expected)
+    assert metrics["yaw_mean"] == pytest.approx(np.mean([10, 20, 30, -5, 5, 0, 0, 12]))
+    page = (tmp_path / "analyze" / "report.html").read_text()
+    assert _screenshot_module().check_numbers(page, metrics) == []
+    assert 'data-metric="yaw_spread_class_median"' in page and 'alt="Head pose of the dataset&#x27;s faces"' in page
+    (tmp_path / "config.yaml").write_text("embedder:\n  network: {_target_: exfacegan.embedders.DlibEmbedder}\n")
+    (tmp_path / "analyze" / "metrics.json").write_text(json.dumps(metrics))
+    card = dataset_card(tmp_path, fmt="folder", labels=np.zeros(8, np.int64), image_encoding="png", usage="", files={})
+    assert f"median {np.std([0, 0, 12]):.1f}, lowest {np.std([-5, 5]):.1f}, highest {np.std([10, 20, 30]):.1f}" in card

@@ -61,6 +61,20 @@ def _table(rows: dict[str, Any]) -> list[str]:
     return ["| | |", "|---|---|", *(f"| {key} | {_number(value)} |" for key, value in rows.items())]
 
 
+def pose_summary(metrics: dict[str, Any]) -> list[str]:
+    """The card's head-pose section, from the report's metrics (exfacegan.metrics.pose_report)."""
+    lines = ["", "## Head pose", ""]
+    if not metrics.get("pose_faces"):
+        return lines + ["No pose: the aligner used no landmarks (align=none or the FFHQ template)."]
+    return lines + [
+        f"{metrics['pose_faces']} faces posed from their five landmarks (degrees): yaw {metrics['yaw_mean']:.1f} ± "
+        f"{metrics['yaw_std']:.1f}, pitch {metrics['pitch_mean']:.1f} ± {metrics['pitch_std']:.1f}, roll "
+        f"{metrics['roll_mean']:.1f} ± {metrics['roll_std']:.1f}. Yaw spread within an identity (std over its "
+        f"images): median {metrics.get('yaw_spread_class_median', float('nan')):.1f}, lowest "
+        f"{metrics.get('yaw_spread_class_min', float('nan')):.1f}, highest "
+        f"{metrics.get('yaw_spread_class_max', float('nan')):.1f}. Histograms: analyze/pose_histogram.png."]
+
+
 def audit_summary(run_dir: Path) -> list[str]:
     """The card's leakage section: the audit's numbers (`audit/audit.json`, from `exfacegan audit`) and the
     references the label stage left out for being close to a real identity (`label/stats.json`)."""
@@ -122,6 +136,8 @@ def dataset_card(run_dir: Path, *, fmt: str, labels: np.ndarray, image_encoding:
     else:
         lines += ["The run has no `analyze/metrics.json`: the dataset was not analysed."]
     lines += audit_summary(run_dir)
+    if metrics_path.is_file():
+        lines += pose_summary(load_json(metrics_path))
     if stats_path.is_file():
         stats = {key: value for key, value in load_json(stats_path).items() if isinstance(value, (int, float, str))}
         lines += ["", "## Generation statistics (`generate/stats.json`)", "", *_table(stats)]

@@ -116,6 +116,21 @@ def _per_class_section(metrics: Mapping[str, Any], figure: Figure | None) -> str
     )
 
 
+def _pose_section(metrics: Mapping[str, Any], figures: Mapping[str, Figure]) -> str:
+    if not metrics["pose_faces"]:
+        return ("<section><h2>Head pose</h2><p class=\"note\">No pose: the aligner used no facial landmarks "
+                "(align=none or the FFHQ template), so yaw, pitch and roll are NaN in manifest.csv.</p></section>")
+    return ("<section><h2>Head pose</h2><div class=\"row\"><div>" + _table(metrics, [
+        ("faces with a pose", "pose_faces"), ("yaw mean", "yaw_mean"), ("yaw std", "yaw_std"),
+        ("pitch mean", "pitch_mean"), ("pitch std", "pitch_std"), ("roll mean", "roll_mean"), ("roll std", "roll_std"),
+        ("yaw spread per identity: lowest", "yaw_spread_class_min"), ("median", "yaw_spread_class_median"),
+        ("highest", "yaw_spread_class_max"),
+    ]) + f"</div><div>{_figure(figures.get('yaw_spread_histogram'))}</div></div>"
+        + _figure(figures.get("pose_histogram"))
+        + '<p class="note">Degrees, from the aligner\'s five landmarks (exfacegan.align.pose); each identity\'s '
+        "spread (std of yaw over its images) is in metrics.json (yaw_spread_per_class).</p></section>")
+
+
 def write_report(
     out_dir: Path,
     metrics: Mapping[str, Any],
@@ -160,6 +175,8 @@ def write_report(
             ]) + f"</div><div>{_figure(figures.get('val_accuracy_histogram'))}</div></div></section>"
         )
     sections.append(_per_class_section(metrics, figures.get("per_class_genuine_histogram")))
+    if "pose_faces" in metrics:
+        sections.append(_pose_section(metrics, figures))
     if "identity_grid" in figures:
         sections.append(
             "<section><h2>Sample images per identity</h2>" + _figure(figures["identity_grid"])

@@ -24,6 +24,7 @@ from exfacegan.data.artifacts import save_json, save_npz
 from exfacegan.data.image_folder import ImageFolderDataset, load_image
 from exfacegan.errors import DataError
 from exfacegan.metrics.plots import Figure, identity_grid, score_histogram, value_histogram
+from exfacegan.metrics.pose_report import pose_histograms, pose_metrics
 from exfacegan.metrics.report import write_report
 from exfacegan.metrics.verification import PairScores, pair_scores, per_class_means, verification_metrics
 
@@ -130,7 +131,11 @@ def analyze(
         metrics.update(_boundary_metrics(boundaries_path))
     if generate_stats_path is not None:
         metrics.update(_face_metrics(generate_stats_path))
+    if manifest_path is not None:
+        metrics.update(pose_metrics(manifest_path))
     figures = _figures(out_dir, scores, metrics, boundaries_path, _grid_identities(dataset, grid_identities, grid_images))
+    if metrics.get("pose_faces"):
+        figures.update(_pose_figures(out_dir, manifest_path, metrics))
     save_npz(out_dir / "scores.npz", genuine=scores.genuine, genuine_class=scores.genuine_class,
              impostor=scores.impostor, both_sides=scores.both_sides)
     save_json(out_dir / "metrics.json", metrics)
@@ -194,6 +199,16 @@ def _figures(out_dir: Path, scores: PairScores, metrics: dict[str, Any], boundar
         ))
     if grid:
         figures.append(identity_grid(out_dir / "identity_grid.png", grid))
+    return {figure.name: figure for figure in figures}
+
+
+def _pose_figures(out_dir: Path, manifest_path: Path, metrics: dict[str, Any]) -> dict[str, Figure]:
+    figures = [pose_histograms(out_dir / "pose_histogram.png", manifest_path)]
+    if "yaw_spread_per_class" in metrics:
+        figures.append(value_histogram(
+            out_dir / "yaw_spread_histogram.png", np.array(list(metrics["yaw_spread_per_class"].values())),
+            name="yaw_spread_histogram", title="Yaw spread per identity", xlabel="std of yaw over an identity (degrees)",
+        ))
     return {figure.name: figure for figure in figures}
 
 
