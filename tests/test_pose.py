@@ -152,7 +152,7 @@ def test_the_report_and_card_show_the_pose_histograms_and_each_identitys_yaw_spr
     from toys import ToyEmbedder
 
     rng = np.random.default_rng(0)
-    yaw = {0: [10.0, 20.0, 30.0], 1: [-5.0, 5.0, float("nan")], 2: [0.0, 0.0, 12.0]}
+    yaw = {0: [10.0, 20.0, 30.0], 1: [-5.0, 5.0, float("nan")], 2: [0.0, 0.0, 12.0], 3: [7.0]}  # 3: no spread
     rows = []
     for cls, values in yaw.items():
         for k, value in enumerate(values):
@@ -166,14 +166,14 @@ def test_the_report_and_card_show_the_pose_histograms_and_each_identitys_yaw_spr
         writer.writeheader()
         writer.writerows(rows)
     metrics = analyze(tmp_path / "dataset", tmp_path / "analyze", ToyEmbedder(), manifest_path=tmp_path / "manifest.csv")
-    assert metrics["pose_faces"] == 8
+    assert metrics["pose_faces"] == 9
     expected = {"00000": np.std([10, 20, 30]), "00001": np.std([-5, 5]), "00002": np.std([0, 0, 12])}
     assert metrics["yaw_spread_per_class"] == pytest.approx(expected)
-    assert metrics["yaw_mean"] == pytest.approx(np.mean([10, 20, 30, -5, 5, 0, 0, 12]))
+    assert metrics["yaw_mean"] == pytest.approx(np.mean([10, 20, 30, -5, 5, 0, 0, 12, 7]))
     page = (tmp_path / "analyze" / "report.html").read_text()
     assert _screenshot_module().check_numbers(page, metrics) == []
     assert 'data-metric="yaw_spread_class_median"' in page and 'alt="Head pose of the dataset&#x27;s faces"' in page
     (tmp_path / "config.yaml").write_text("embedder:\n  network: {_target_: exfacegan.embedders.DlibEmbedder}\n")
     (tmp_path / "analyze" / "metrics.json").write_text(json.dumps(metrics))
-    card = dataset_card(tmp_path, fmt="folder", labels=np.zeros(8, np.int64), image_encoding="png", usage="", files={})
+    card = dataset_card(tmp_path, fmt="folder", labels=np.zeros(9, np.int64), image_encoding="png", usage="", files={})
     assert f"median {np.std([0, 0, 12]):.1f}, lowest {np.std([-5, 5]):.1f}, highest {np.std([10, 20, 30]):.1f}" in card
