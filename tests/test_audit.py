@@ -300,3 +300,29 @@ def test_the_dataset_card_summarises_the_audit_and_the_left_out_references(tmp_p
     assert "1 of 20 identities above the threshold 0.9123 (FMR 0.0001" in card
     assert "- identity `00007` ~ real `someone`: 0.9313" in card and "00001" not in card
     assert "max_real_similarity=0.6: 4" in card and "| nearest_real_median | 0.5 |" in card
+
+
+@pytest.mark.parametrize("logger, logged", [("{_target_: exfacegan.loggers.WandbLogger, mode: offline}", True),
+                                            ("{_target_: exfacegan.loggers.NullLogger}", False)])
+def test_the_audit_goes_to_wandb_only_when_the_run_logged_there(tmp_path, monkeypatch, logger, logged):
+    import exfacegan.loggers as loggers
+    from exfacegan.cli.audit import _log_to_wandb
+
+    calls = []
+
+    class Recorder(loggers.NullLogger):
+        def log_metrics(self, metrics, stage):
+            calls.append((stage, metrics))
+
+        def log_image(self, name, path):
+            calls.append((name, path))
+
+    real_build = loggers.build_logger
+    monkeypatch.setattr(loggers, "build_logger", lambda node, **run: Recorder() if "Wandb" in str(node._target_)
+                        else real_build(node, **run))
+    (tmp_path / "config.yaml").write_text(f"logger: {logger}\n")
+    _log_to_wandb(tmp_path, tmp_path / "audit", {"flagged": 2, "threshold": 0.5, "gallery": "x", "per_class": []})
+    assert bool(calls) == logged
+    if logged:
+        assert calls[0] == ("audit", {"flagged": 2, "threshold": 0.5})
+        assert calls[1] == ("audit/nearest_real_histogram", tmp_path / "audit" / "nearest_real_histogram.png")
