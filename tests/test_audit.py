@@ -326,3 +326,18 @@ def test_the_audit_goes_to_wandb_only_when_the_run_logged_there(tmp_path, monkey
     if logged:
         assert calls[0] == ("audit", {"flagged": 2, "threshold": 0.5})
         assert calls[1] == ("audit/nearest_real_histogram", tmp_path / "audit" / "nearest_real_histogram.png")
+
+
+def test_the_report_counts_the_references_left_out_for_a_real_identity(tmp_path):
+    from exfacegan.stages.analyze import analyze
+    from test_report import _screenshot_module, write_identities
+    from toys import ToyEmbedder
+
+    write_identities(tmp_path / "faces", classes=3, per_class=3)
+    stats = {"max_real_similarity": 0.6, "references_left_out_real": 4, "references_nearest_real_max": 0.55}
+    (tmp_path / "stats.json").write_text(json.dumps(stats))
+    metrics = analyze(tmp_path / "faces", tmp_path / "a", ToyEmbedder(), label_stats_path=tmp_path / "stats.json")
+    assert {key: metrics[key] for key in stats} == stats
+    page = (tmp_path / "a" / "report.html").read_text()
+    assert 'data-metric="references_left_out_real" data-value="4"' in page
+    assert _screenshot_module().check_numbers(page, metrics) == []

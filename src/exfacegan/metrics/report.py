@@ -174,6 +174,12 @@ def write_report(
                 ("training accuracy, mean", "train_accuracy_mean"),
             ]) + f"</div><div>{_figure(figures.get('val_accuracy_histogram'))}</div></div></section>"
         )
+    if "references_left_out_real" in metrics:
+        sections.append("<section><h2>References near real identities</h2>" + _table(metrics, [
+            ("bound (references.max_real_similarity)", "max_real_similarity"),
+            ("codes left out as references", "references_left_out_real"),
+            ("highest nearest-real similarity of a kept reference", "references_nearest_real_max"),
+        ]) + '<p class="note">Audit the dataset itself with <code>exfacegan audit</code>.</p></section>')
     sections.append(_per_class_section(metrics, figures.get("per_class_genuine_histogram")))
     if "pose_faces" in metrics:
         sections.append(_pose_section(metrics, figures))

@@ -105,6 +105,7 @@ def analyze(
     boundaries_path: Path | None = None,
     manifest_path: Path | None = None,
     generate_stats_path: Path | None = None,
+    label_stats_path: Path | None = None,
     batch_size: int = 64,
     device: str | torch.device = "cpu",
     max_impostor_pairs: int = 1_000_000,
@@ -133,6 +134,8 @@ def analyze(
         metrics.update(_face_metrics(generate_stats_path))
     if manifest_path is not None:
         metrics.update(pose_metrics(manifest_path))
+    if label_stats_path is not None:  # references left out for a nearest real identity above the bound
+        metrics.update(json.loads(Path(label_stats_path).read_text()))
     figures = _figures(out_dir, scores, metrics, boundaries_path, _grid_identities(dataset, grid_identities, grid_images))
     if metrics.get("pose_faces"):
         figures.update(_pose_figures(out_dir, manifest_path, metrics))
@@ -228,6 +231,7 @@ def find_run_inputs(run_dir: Path) -> dict[str, Path | None]:
         "manifest_path": existing(generate_dir / "manifest.csv"),
         "generate_stats_path": existing(generate_dir / "stats.json"),
         "boundaries_path": existing(run_dir / "fit" / "boundaries.npz"),
+        "label_stats_path": existing(run_dir / "label" / "stats.json"),
     }
 
 
