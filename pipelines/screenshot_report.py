@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report.is_file():
         print(f"screenshot_report: error: {args.report} does not exist", file=sys.stderr)
         return 2
-    beside = "compare.json" if args.report.name == "compare.html" else "metrics.json"
+    beside = {"compare.html": "compare.json", "audit.html": "audit.json"}.get(args.report.name, "metrics.json")
     metrics_path = args.metrics or args.report.with_name(beside)
     out = args.out or args.report.with_name("report_screenshot.png")
     problems = check_numbers(args.report.read_text(), json.loads(metrics_path.read_text()))

@@ -53,7 +53,8 @@ def test_resume_uses_saved_chunks(tmp_path):
     store = ChunkStore(tmp_path / "b" / "chunks")
     marker = np.full((4, 16), 7.0, np.float32)
     store.save(4, z=np.zeros((4, 8), np.float32), w=np.zeros((4, 6), np.float32),
-               seeds=np.arange(4), found=np.ones(4, bool), embeddings=marker)
+               seeds=np.arange(4), found=np.ones(4, bool), embeddings=marker,
+               poses=np.full((4, 3), np.nan, np.float32))
     resumed = np.load(_sample(tmp_path / "b").embeddings)
     np.testing.assert_array_equal(resumed[4:8], marker)  # the saved chunk was not recomputed
     np.testing.assert_allclose(resumed[:4], first[:4])

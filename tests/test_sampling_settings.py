@@ -53,6 +53,9 @@ def test_the_defaults_are_the_paper_codes_sampling_per_backbone(tmp_path):
     ("sampling.both_sides=false", None),
     ("filter.max_cross_similarity=0.3", None),
     ("references.max_similarity=0.4", None),
+    ("references.max_real_similarity=0.5", "references.max_real_similarity needs references.real_gallery"),
+    ("references.max_real_similarity=2", "references.max_real_similarity must be null or a cosine similarity"),
+    ("references.real_gallery=/no/such/faces", "references.real_gallery is set but references.max_real_similarity"),
 ])
 def test_bad_settings_give_one_line_before_any_network(override, words, tmp_path):
     cfg = _compose(override, f"run_dir={tmp_path}")
@@ -62,6 +65,13 @@ def test_bad_settings_give_one_line_before_any_network(override, words, tmp_path
     with pytest.raises(ConfigError) as error:
         validate_config(cfg)
     assert str(error.value).startswith(words) and "\n" not in str(error.value)
+
+
+def test_the_real_gallery_must_exist_before_any_network(tmp_path):
+    bound = "references.max_real_similarity=0.5"
+    with pytest.raises(ConfigError, match="references.real_gallery=/no/such/faces does not exist"):
+        validate_config(_compose(bound, "references.real_gallery=/no/such/faces", f"run_dir={tmp_path}"))
+    validate_config(_compose(bound, f"references.real_gallery={tmp_path}", f"run_dir={tmp_path}"))
 
 
 def test_truncating_at_sampling_needs_one_w_for_every_layer(tmp_path):

@@ -144,13 +144,33 @@ def run_label(cfg: DictConfig, run: RunDirectory, out: Path, parts: Components, 
         num_references=cfg.label.num_references, pool_size=cfg.label.get("pool_size"), threshold=cfg.label.threshold,
         margin=cfg.boundary.margin, chunk_size=cfg.label.chunk_size,
         max_similarity=OmegaConf.select(cfg, "references.max_similarity", default=None), device=parts.device,
+        **_real_bound(cfg, sample_dir, parts),
     )
     labels = np.load(artifacts.labels)["labels"]
+    if (out / "stats.json").is_file():
+        logger.log_metrics(load_json(out / "stats.json"), "label")
     logger.log_metrics({
         "references": labels.shape[0],
         "similar_fraction": float((labels == 1).sum() / max((labels >= 0).sum(), 1)),
         "left_out_fraction": float((labels < 0).mean()),
     }, "label")
+
+
+def _real_bound(cfg: DictConfig, sample_dir: Path, parts: Components) -> dict[str, Any]:
+    """references.max_real_similarity: each sampled code's nearest real identity in references.real_gallery, by
+    the run's embedder (the gallery embedded once and cached, as `exfacegan audit` does)."""
+    bound = OmegaConf.select(cfg, "references.max_real_similarity", default=None)
+    if bound is None:
+        return {}
+    from exfacegan.data.gallery import load_gallery
+    from exfacegan.metrics.nearest import nearest
+    from exfacegan.weights import cache_dir
+
+    gallery = load_gallery(cfg.references.real_gallery, parts.embedder, cache_dir=cache_dir() / "audit",
+                           batch_size=cfg.sample.batch_size, device=parts.device)
+    embeddings = np.load(sample_dir / "embeddings.npy")
+    return {"max_real_similarity": float(bound),
+            "real_similarity": nearest(embeddings, gallery.embeddings, device=parts.device).score}
 
 
 def run_fit(cfg: DictConfig, run: RunDirectory, out: Path, parts: Components, logger: Any) -> None:

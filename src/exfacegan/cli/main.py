@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from exfacegan.cli.audit import add_audit_parser
 from exfacegan.cli.compare import add_compare_parser
 from exfacegan.cli.export import add_export_parser
 from exfacegan.cli.offsets import add_offsets_parser
@@ -16,7 +17,7 @@ from exfacegan.errors import ConfigError
 
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_report_parser, add_export_parser,
                                                                    add_offsets_parser, add_compare_parser,
-                                                                   add_verify_parser]
+                                                                   add_verify_parser, add_audit_parser]
 
 
 def check_args(args: argparse.Namespace) -> None:

@@ -72,6 +72,43 @@ def _stage_position(stage: str) -> int:
     return STAGE_ORDER.index(stage) if stage in STAGE_ORDER else len(STAGE_ORDER)
 
 
+def pose_summary(metrics: dict[str, Any]) -> list[str]:
+    """The card's head-pose section, from the report's metrics (exfacegan.metrics.pose_report)."""
+    lines = ["", "## Head pose", ""]
+    if not metrics.get("pose_faces"):
+        return lines + ["No pose: the aligner used no landmarks (align=none or the FFHQ template)."]
+    return lines + [
+        f"{metrics['pose_faces']} faces posed from their five landmarks (degrees): yaw {metrics['yaw_mean']:.1f} ± "
+        f"{metrics['yaw_std']:.1f}, pitch {metrics['pitch_mean']:.1f} ± {metrics['pitch_std']:.1f}, roll "
+        f"{metrics['roll_mean']:.1f} ± {metrics['roll_std']:.1f}. Yaw spread within an identity (std over its "
+        f"images): median {metrics.get('yaw_spread_class_median', float('nan')):.1f}, lowest "
+        f"{metrics.get('yaw_spread_class_min', float('nan')):.1f}, highest "
+        f"{metrics.get('yaw_spread_class_max', float('nan')):.1f}. Histograms: analyze/pose_histogram.png."]
+
+
+def audit_summary(run_dir: Path) -> list[str]:
+    """The card's leakage section: the audit's numbers (`audit/audit.json`, from `exfacegan audit`) and the
+    references the label stage left out for being close to a real identity (`label/stats.json`)."""
+    lines = ["", "## Leakage audit against real identities", ""]
+    audit_path, label_path = run_dir / "audit" / "audit.json", run_dir / "label" / "stats.json"
+    if label_path.is_file():
+        stats = load_json(label_path)
+        lines += [f"- references left out for a real identity above references.max_real_similarity="
+                  f"{stats['max_real_similarity']}: {stats['references_left_out_real']}", ""]
+    if not audit_path.is_file():
+        return lines + ["Not audited: `exfacegan audit <run_dir> --against <real faces>` writes `audit/audit.json`."]
+    audit = load_json(audit_path)
+    lines += [f"Against `{audit['gallery']}` ({audit['real_identities']} real identities, {audit['real_images']} "
+              f"images), judged by {audit['embedder']}: {audit['flagged']} of {audit['classes']} identities above "
+              f"the threshold {audit['threshold']:.4f} (FMR {audit['fmr']:g}, {audit['impostor_source']}).", "",
+              *_table({key: audit[key] for key in ("nearest_real_max", "nearest_real_median", "nearest_real_mean_max",
+                                                   "threshold_resolved", "chance_flags_bound")}), ""]
+    flagged = [row for row in audit["per_class"] if row["flagged"]]
+    lines += [f"- identity `{row['class']}` ~ real `{row['real_identity']}`: {row['similarity']:.4f}"
+              for row in flagged[:20]]
+    return lines + ([f"- ... and {len(flagged) - 20} more (audit/audit.json)"] if len(flagged) > 20 else [])
+
+
 def dataset_card(run_dir: Path, *, fmt: str, labels: np.ndarray, image_encoding: str, usage: str,
                  files: dict[str, str]) -> str:
     """The card's Markdown. `labels`: class per exported image; `files`: exported file -> sha256."""
@@ -109,6 +146,9 @@ def dataset_card(run_dir: Path, *, fmt: str, labels: np.ndarray, image_encoding:
                            if key not in METRIC_NAMES and isinstance(value, (int, float, str))})]
     else:
         lines += ["The run has no `analyze/metrics.json`: the dataset was not analysed."]
+    lines += audit_summary(run_dir)
+    if metrics_path.is_file():
+        lines += pose_summary(load_json(metrics_path))
     if stats_path.is_file():
         stats = {key: value for key, value in load_json(stats_path).items() if isinstance(value, (int, float, str))}
         lines += ["", "## Generation statistics (`generate/stats.json`)", "", *_table(stats)]

@@ -21,7 +21,10 @@ from typing import BinaryIO
 
 from exfacegan.errors import DataError
 
-MANIFEST_FIELDS = ["path", "class", "reference", "side", "k", "attempt", "found", "rejected", "sha256"]
+# Every manifest row; records written before a column existed may lack the last ones (sha256, then the pose).
+REQUIRED_MANIFEST_FIELDS = ["path", "class", "reference", "side", "k", "attempt", "found", "rejected"]
+POSE_FIELDS = ["yaw", "pitch", "roll"]  # degrees, from the aligner's landmarks; "nan" without them
+MANIFEST_FIELDS = [*REQUIRED_MANIFEST_FIELDS, "sha256", *POSE_FIELDS]
 SAMPLES_FIELDS = ["key", "class", "folder", "source", "sha256"]
 MAX_LINE_BYTES = 4096
 MAX_ROWS = 10**8  # far above any dataset; callers that know the folder pass a tighter bound
@@ -29,6 +32,7 @@ MAX_ROWS = 10**8  # far above any dataset; callers that know the folder pass a t
 _INTEGER = re.compile(r"-?\d{1,12}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _NAME = re.compile(r"[a-z0-9_]{1,64}")
+_ANGLE = re.compile(r"-?\d{1,3}\.\d{1,6}|nan")
 _COMPONENT = re.compile(r"[^/\\\x00-\x1f\x7f]{1,255}")
 
 
@@ -45,7 +49,7 @@ _CHECKS = {
     "side": lambda v: v in ("same", "other"), "found": lambda v: v in ("0", "1"),
     "rejected": lambda v: v == "" or _NAME.fullmatch(v), "sha256": lambda v: v == "" or _SHA256.fullmatch(v),
     "path": lambda v: v == "" or is_relative_path(v), "source": is_relative_path, "folder": is_relative_path,
-    "key": is_relative_path,
+    "key": is_relative_path, **{angle: lambda v: _ANGLE.fullmatch(v) for angle in POSE_FIELDS},
 }
 
 
@@ -131,8 +135,9 @@ def _check_row(row: dict[str, str], path: Path, number: int) -> None:
         raise DataError(f"{path}: line {number}: a hash without an image path")
 
 
-def read_manifest(path: Path, *, required: Sequence[str] = MANIFEST_FIELDS[:-1],
+def read_manifest(path: Path, *, required: Sequence[str] = REQUIRED_MANIFEST_FIELDS,
                   max_rows: int = MAX_ROWS) -> list[dict[str, str]]:
-    """The checked rows of a manifest or progress record (`sha256` may be absent: records written before it)."""
+    """The checked rows of a manifest or progress record (`sha256` and the pose may be absent: records written
+    before them)."""
     path = Path(path)
     return list(iter_table(path.parent, path.name, required, max_rows=max_rows))

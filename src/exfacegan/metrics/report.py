@@ -148,6 +148,21 @@ def _dataset_link(metrics: Mapping[str, Any], out_dir: Path, dataset_dir: Path |
     return f'<a class="dataset" href="{html.escape(Path(href).as_posix())}/">{name}</a>'
 
 
+def _pose_section(metrics: Mapping[str, Any], figures: Mapping[str, Figure]) -> str:
+    if not metrics["pose_faces"]:
+        return ("<section><h2>Head pose</h2><p class=\"note\">No pose: the aligner used no facial landmarks "
+                "(align=none or the FFHQ template), so yaw, pitch and roll are NaN in manifest.csv.</p></section>")
+    return ("<section><h2>Head pose</h2><div class=\"row\"><div>" + _table(metrics, [
+        ("faces with a pose", "pose_faces"), ("yaw mean", "yaw_mean"), ("yaw std", "yaw_std"),
+        ("pitch mean", "pitch_mean"), ("pitch std", "pitch_std"), ("roll mean", "roll_mean"), ("roll std", "roll_std"),
+        ("yaw spread per identity: lowest", "yaw_spread_class_min"), ("median", "yaw_spread_class_median"),
+        ("highest", "yaw_spread_class_max"),
+    ]) + f"</div><div>{_figure(figures.get('yaw_spread_histogram'))}</div></div>"
+        + _figure(figures.get("pose_histogram"))
+        + '<p class="note">Degrees, from the aligner\'s five landmarks (exfacegan.align.pose); each identity\'s '
+        "spread (std of yaw over its images) is in metrics.json (yaw_spread_per_class).</p></section>")
+
+
 def write_report(
     out_dir: Path,
     metrics: Mapping[str, Any],
@@ -195,7 +210,15 @@ def write_report(
                 ("training accuracy, mean", "train_accuracy_mean"),
             ]) + f"</div><div>{_figure(figures.get('val_accuracy_histogram'))}</div></div></section>"
         )
+    if "references_left_out_real" in metrics:
+        sections.append("<section><h2>References near real identities</h2>" + _table(metrics, [
+            ("bound (references.max_real_similarity)", "max_real_similarity"),
+            ("codes left out as references", "references_left_out_real"),
+            ("highest nearest-real similarity of a kept reference", "references_nearest_real_max"),
+        ]) + '<p class="note">Audit the dataset itself with <code>exfacegan audit</code>.</p></section>')
     sections.append(_per_class_section(metrics, figures.get("per_class_genuine_histogram")))
+    if "pose_faces" in metrics:
+        sections.append(_pose_section(metrics, figures))
     if "identity_grid" in figures:
         sections.append(
             "<section><h2>Sample images per identity</h2>" + _figure(figures["identity_grid"])

@@ -24,6 +24,7 @@ from exfacegan.data.image_folder import ImageFolderDataset, load_image
 from exfacegan.data.manifest import read_manifest
 from exfacegan.errors import DataError
 from exfacegan.metrics.plots import Figure, identity_grid, score_histogram, value_histogram
+from exfacegan.metrics.pose_report import pose_histograms, pose_metrics
 from exfacegan.metrics.report import write_report
 from exfacegan.metrics.verification import PairScores, pair_scores, per_class_means, verification_metrics
 
@@ -103,6 +104,7 @@ def analyze(
     boundaries_path: Path | None = None,
     manifest_path: Path | None = None,
     generate_stats_path: Path | None = None,
+    label_stats_path: Path | None = None,
     batch_size: int = 64,
     device: str | torch.device = "cpu",
     max_impostor_pairs: int = 1_000_000,
@@ -132,7 +134,13 @@ def analyze(
         metrics.update(_boundary_metrics(boundaries_path))
     if generate_stats_path is not None:
         metrics.update(_face_metrics(generate_stats_path))
+    if manifest_path is not None:
+        metrics.update(pose_metrics(manifest_path))
+    if label_stats_path is not None:  # references left out for a nearest real identity above the bound
+        metrics.update(json.loads(Path(label_stats_path).read_text()))
     figures = _figures(out_dir, scores, metrics, boundaries_path, _grid_identities(dataset, grid_identities, grid_images))
+    if metrics.get("pose_faces"):
+        figures.update(_pose_figures(out_dir, manifest_path, metrics))
     save_npz(out_dir / "scores.npz", genuine=scores.genuine, genuine_class=scores.genuine_class,
              impostor=scores.impostor, both_sides=scores.both_sides)
     save_json(out_dir / "metrics.json", metrics)
@@ -199,6 +207,16 @@ def _figures(out_dir: Path, scores: PairScores, metrics: dict[str, Any], boundar
     return {figure.name: figure for figure in figures}
 
 
+def _pose_figures(out_dir: Path, manifest_path: Path, metrics: dict[str, Any]) -> dict[str, Figure]:
+    figures = [pose_histograms(out_dir / "pose_histogram.png", manifest_path)]
+    if "yaw_spread_per_class" in metrics:
+        figures.append(value_histogram(
+            out_dir / "yaw_spread_histogram.png", np.array(list(metrics["yaw_spread_per_class"].values())),
+            name="yaw_spread_histogram", title="Yaw spread per identity", xlabel="std of yaw over an identity (degrees)",
+        ))
+    return {figure.name: figure for figure in figures}
+
+
 def find_run_inputs(run_dir: Path) -> dict[str, Path | None]:
     """The dataset folder, manifest, generate stats and boundaries of an ExFaceGAN run directory."""
     run_dir = Path(run_dir)
@@ -215,6 +233,7 @@ def find_run_inputs(run_dir: Path) -> dict[str, Path | None]:
         "manifest_path": existing(generate_dir / "manifest.csv"),
         "generate_stats_path": existing(generate_dir / "stats.json"),
         "boundaries_path": existing(run_dir / "fit" / "boundaries.npz"),
+        "label_stats_path": existing(run_dir / "label" / "stats.json"),
     }
 
 

@@ -38,6 +38,7 @@ from exfacegan.data.artifacts import atomic_path, load_json, save_json
 from exfacegan.data.images import IMAGE_FORMATS, write_images
 from exfacegan.data.manifest import MANIFEST_FIELDS, read_manifest
 from exfacegan.errors import ConfigError, DataError
+from exfacegan.align.pose import POSE_COLUMNS, align_with_points, head_pose
 from exfacegan.gans.latent import Truncation, synthesize, to_uint8
 from exfacegan.stages.offsets import REFERENCE_ATTEMPT, SIDES, Draw, OffsetSpec, draw_codes, first_draws
 from exfacegan.weights import sha256_of
@@ -183,7 +184,7 @@ def _fill_classes(references: np.ndarray, spec: GenerateSpec, render: _Renderer)
                     for v in render(pending[begin : begin + spec.batch_size])]
         rows += [_row(d, *verdict, spec.image_format) for d, verdict in zip(pending, verdicts)]
         retry = []
-        for d, (_, rejected, _) in zip(pending, verdicts):
+        for d, (_, rejected, *_) in zip(pending, verdicts):
             if rejected and offsets.on_no_face == "redraw" and renders[d.cls] < offsets.attempts_per_class:
                 retry.append(Draw(d.cls, d.reference, d.side, d.slot, next_attempt[d.cls]))
                 next_attempt[d.cls] += 1
@@ -193,18 +194,19 @@ def _fill_classes(references: np.ndarray, spec: GenerateSpec, render: _Renderer)
 
 
 class _Renderer:
-    """draws -> (found, rejected reason or "", sha256 of the written file or "") per draw; writes the kept faces
-    to their slots under `dataset`."""
+    """draws -> (found, rejected reason or "", sha256 of the written file or "", (yaw, pitch, roll)) per draw;
+    writes the kept faces to their slots under `dataset`."""
 
     def __init__(self, dataset: Path, generator: nn.Module, aligner: nn.Module, latents: np.ndarray,
                  normals: np.ndarray, spec: GenerateSpec, accept: Sequence[Acceptance], device: Any) -> None:
         self.dataset, self.generator, self.aligner = dataset, generator, aligner
         self.latents, self.normals, self.spec, self.accept, self.device = latents, normals, spec, accept, device
 
-    def __call__(self, draws: list[Draw]) -> list[tuple[bool, str, str]]:
+    def __call__(self, draws: list[Draw]) -> list[tuple[bool, str, str, np.ndarray]]:
         spec = self.spec
         codes, attribute_seeds = draw_codes(draws, self.latents, self.normals, spec.offsets)
-        faces, found = render_faces(self.generator, self.aligner, codes, attribute_seeds, spec, self.device)
+        faces, found, poses = render_posed_faces(self.generator, self.aligner, codes, attribute_seeds, spec,
+                                                 self.device)
         rejected = _rejections(faces, found, draws, self.accept)
         kept = [i for i, reason in enumerate(rejected) if not reason]
         paths = [self.dataset / _image_path(draws[i], spec.image_format) for i in kept]
@@ -215,16 +217,23 @@ class _Renderer:
         sha256 = [""] * len(draws)
         for i, digest in zip(kept, digests):
             sha256[i] = digest
-        return list(zip(found, rejected, sha256))
+        return list(zip(found, rejected, sha256, poses))
 
 
 def render_faces(generator: nn.Module, aligner: nn.Module, codes: np.ndarray, attribute_seeds: np.ndarray,
                  spec: GenerateSpec, device: Any) -> tuple[torch.Tensor, list[bool]]:
     """uint8 aligned faces [M, 3, H, W] of these codes, as the dataset saves them, and whether each was found."""
+    faces, found, _ = render_posed_faces(generator, aligner, codes, attribute_seeds, spec, device)
+    return faces, found
+
+
+def render_posed_faces(generator: nn.Module, aligner: nn.Module, codes: np.ndarray, attribute_seeds: np.ndarray,
+                       spec: GenerateSpec, device: Any) -> tuple[torch.Tensor, list[bool], np.ndarray]:
+    """`render_faces` and each face's head pose [M, 3] (yaw, pitch, roll; NaN without landmarks)."""
     images = synthesize(generator, torch.from_numpy(codes).to(device), truncation=spec.truncation,
                         noise_mode=spec.noise_mode, seeds=torch.from_numpy(attribute_seeds), precision=spec.precision)
-    faces, found = aligner(images)
-    return to_uint8(faces), found.bool().cpu().tolist()
+    faces, found, points = align_with_points(aligner, images)
+    return to_uint8(faces), found.bool().cpu().tolist(), head_pose(points, found)
 
 
 def _rejections(faces: torch.Tensor, found: list[bool], draws: list[Draw], accept: Sequence[Acceptance]) -> list[str]:
@@ -243,10 +252,11 @@ def _image_path(draw: Draw, image_format: str) -> str:
     return f"{draw.cls:05d}/{draw.cls:05d}_{draw.slot:03d}.{image_format}"
 
 
-def _row(draw: Draw, found: bool, rejected: str, sha256: str, image_format: str) -> dict:
+def _row(draw: Draw, found: bool, rejected: str, sha256: str, pose: np.ndarray, image_format: str) -> dict:
     return {"path": "" if rejected else _image_path(draw, image_format), "class": draw.cls,
             "reference": draw.reference, "side": SIDES[draw.side], "k": draw.slot, "attempt": draw.attempt,
-            "found": int(found), "rejected": rejected, "sha256": sha256}
+            "found": int(found), "rejected": rejected, "sha256": sha256,
+            **{name: f"{v:.3f}" for name, v in zip(POSE_COLUMNS, pose)}}
 
 
 def _plan(out_dir: Path, num_references: int, spec: GenerateSpec) -> GenerateSpec:

@@ -73,10 +73,34 @@ def check_identity_controls(cfg: DictConfig) -> None:
     bound = _bound("references.max_similarity", OmegaConf.select(cfg, "references.max_similarity", default=None))
     if bound is not None and bound == -1.0:
         raise ConfigError("references.max_similarity=-1 accepts no code (similarities are never below -1)")
+    check_real_bound(cfg)
     spec = IdentityFilterSpec.from_config(cfg)
     if spec.max_cross_similarity is not None and not cfg.sampling.both_sides:
         raise ConfigError("filter.max_cross_similarity compares a class with the other side of its boundary; "
                           "it needs sampling.both_sides=true")
+
+
+def check_real_bound(cfg: DictConfig) -> None:
+    """references.max_real_similarity needs references.real_gallery, a gallery exfacegan.data.gallery reads."""
+    from pathlib import Path
+
+    from exfacegan.data.gallery import FORMATS
+
+    bound = _bound("references.max_real_similarity",
+                   OmegaConf.select(cfg, "references.max_real_similarity", default=None))
+    gallery = OmegaConf.select(cfg, "references.real_gallery", default=None)
+    if bound is None:
+        if gallery is not None:
+            raise ConfigError("references.real_gallery is set but references.max_real_similarity is null: "
+                              "give the bound too, or drop the gallery")
+        return
+    if gallery is None:
+        raise ConfigError("references.max_real_similarity needs references.real_gallery=<real faces>: " + FORMATS)
+    path = Path(str(gallery))
+    if not path.exists():
+        raise ConfigError(f"references.real_gallery={gallery} does not exist")
+    if path.is_file() and path.suffix not in (".bin", ".npz"):
+        raise ConfigError(f"references.real_gallery={gallery} is not a gallery; give {FORMATS}")
 
 
 def identity_controls_payload(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -84,6 +108,10 @@ def identity_controls_payload(cfg: DictConfig) -> tuple[dict[str, Any], dict[str
     that runs without them keep their fingerprints."""
     bound = OmegaConf.select(cfg, "references.max_similarity", default=None)
     label = {} if bound is None else {"references.max_similarity": bound}
+    real_bound = OmegaConf.select(cfg, "references.max_real_similarity", default=None)
+    if real_bound is not None:
+        label.update({"references.max_real_similarity": real_bound,
+                      "references.real_gallery": str(OmegaConf.select(cfg, "references.real_gallery"))})
     spec = IdentityFilterSpec.from_config(cfg)
     if not spec.active:
         return label, {}

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from exfacegan.align.pose import align_with_points, head_pose
 from exfacegan.data.artifacts import save_npy, save_npz
 from exfacegan.data.images import save_grid
 from exfacegan.errors import ConfigError
@@ -31,6 +32,7 @@ class SampleArtifacts:
     latents: Path  # z [N, z_dim], w [N, w_dim], seeds [N], found [N]
     embeddings: Path  # float32 [N, D], L2-normalised (zeros where no face was found)
     preview: Path
+    poses: Path  # float32 [N, 3] head pose (yaw, pitch, roll) in degrees; NaN where no face or no landmarks
 
 
 def latent_seeds(num_samples: int, seed: int) -> np.ndarray:
@@ -80,7 +82,7 @@ def sample(
     randomize_attributes: bool = False,
     z_stream: str = "seeded",
 ) -> SampleArtifacts:
-    """Write `latents.npz`, `embeddings.npy` and `preview.png` into `out_dir`.
+    """Write `latents.npz`, `embeddings.npy`, `poses.npy` and `preview.png` into `out_dir`.
 
     `randomize_attributes` lets a backbone with attribute controllers (GAN-Control) draw random
     pose, age, illumination and expression per sample; the paper labels images without them.
@@ -107,19 +109,21 @@ def sample(
             generator, w, truncation=truncation, noise_mode=noise_mode,
             seeds=torch.from_numpy(batch_seeds) if randomize_attributes else None, precision=precision,
         )
-        faces, found = aligner(images)
+        faces, found, points = align_with_points(aligner, images)
         with torch.inference_mode():
             embeddings = embedder(to_uint8(faces)).float() * found[:, None]
         if need_preview:
             preview_rows.append(_preview_tiles(images, faces, preview - start))
         chunks.save(
             start, z=z.cpu().numpy(), w=w.cpu().numpy(), seeds=batch_seeds,
-            found=found.cpu().numpy(), embeddings=embeddings.cpu().numpy(),
+            found=found.cpu().numpy(), embeddings=embeddings.cpu().numpy(), poses=head_pose(points, found),
         )
     result = chunks.concatenate(starts)
-    artifacts = SampleArtifacts(out_dir / "latents.npz", out_dir / "embeddings.npy", out_dir / "preview.png")
+    artifacts = SampleArtifacts(out_dir / "latents.npz", out_dir / "embeddings.npy", out_dir / "preview.png",
+                                out_dir / "poses.npy")
     save_npz(artifacts.latents, z=result["z"], w=result["w"], seeds=result["seeds"], found=result["found"])
     save_npy(artifacts.embeddings, result["embeddings"].astype(np.float32))
+    save_npy(artifacts.poses, result["poses"].astype(np.float32))
     save_grid(artifacts.preview, torch.cat(preview_rows), columns=2 * min(8, preview, num_samples))
     chunks.remove()
     num_found = int(result["found"].sum())

@@ -27,7 +27,7 @@ import numpy as np
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from exfacegan.data.manifest import MANIFEST_FIELDS, SAMPLES_FIELDS, inside, iter_table, open_inside
+from exfacegan.data.manifest import REQUIRED_MANIFEST_FIELDS, SAMPLES_FIELDS, inside, iter_table, open_inside
 from exfacegan.errors import CheckpointError, ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -104,7 +104,7 @@ def _generate_listing(root: Path, prefix: str, kind: str) -> Listing:
     present = _walk(root, f"{prefix}dataset")
     # Missing images are reported one by one, but a table that lists far more than the folder holds is no manifest.
     limit = 2 * len(present) + 100
-    rows = list(iter_table(root, table, MANIFEST_FIELDS[:-1], max_rows=limit))
+    rows = list(iter_table(root, table, REQUIRED_MANIFEST_FIELDS, max_rows=limit))
     listing = Listing(root, kind, table, present, manifest=rows)
     for number, row in enumerate(rows, start=2):
         if "sha256" not in row:
