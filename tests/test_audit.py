@@ -210,7 +210,7 @@ def test_malformed_galleries_are_refused_in_one_line(tmp_path, capsys):
     _one_error_line(capsys, [*base, str(tmp_path / "notes.txt")], "cannot read")
     _one_error_line(capsys, [*base, str(tmp_path / "nolabels.npz")], "labels")
     _one_error_line(capsys, [*base, str(tmp_path / "nan.npz")], "finite")
-    _one_error_line(capsys, [*base, str(tmp_path / "broken.bin")], "insightface .bin")
+    _one_error_line(capsys, [*base, str(tmp_path / "broken.bin")], "broken.bin: refused to load")
     _one_error_line(capsys, [*base, str(tmp_path / "empty")], "no images")
     _one_error_line(capsys, [*base, str(tmp_path / "nolabels.npz"), "--fmr", "2"], "--fmr")
     assert not (tmp_path / "out").exists()

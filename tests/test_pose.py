@@ -159,8 +159,8 @@ def test_the_report_and_card_show_the_pose_histograms_and_each_identitys_yaw_spr
             path = f"{cls:05d}/{cls:05d}_{k:03d}.png"
             (tmp_path / "dataset" / path).parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(rng.integers(0, 256, (112, 112, 3), dtype=np.uint8)).save(tmp_path / "dataset" / path)
-            rows.append({"path": path, "class": cls, "side": "same", "yaw": f"{value:.3f}", "pitch": "1.000",
-                         "roll": "-2.000"})
+            rows.append({"path": path, "class": cls, "reference": cls, "side": "same", "k": k, "attempt": k,
+                         "found": 1, "rejected": "", "yaw": f"{value:.3f}", "pitch": "1.000", "roll": "-2.000"})
     with open(tmp_path / "manifest.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
