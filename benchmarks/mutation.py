@@ -38,7 +38,7 @@ MODULES: dict[str, list[str]] = {
     "data/recordio.py": ["tests/test_recordio.py"],
     "train/evaluation.py": ["tests/test_train_heads_eval.py", "tests/test_bin_files.py"],
     "embedders/onnx_ops.py": ["tests/test_onnx.py"],
-    "config.py": ["tests/test_config.py", "tests/test_sampling_settings.py", "tests/test_settings_table.py"],
+    "config.py": ["tests/test_config.py", "tests/test_settings_table.py"],
 }
 
 COMPARISONS = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq,
