@@ -33,7 +33,7 @@ PACKAGE = Path("src/exfacegan")
 # Module (under src/exfacegan) -> the fast test files that guard it.
 MODULES: dict[str, list[str]] = {
     "stages/offsets.py": ["tests/test_sampling_settings.py", "tests/test_generate.py"],
-    "label.py": ["tests/test_label.py"],
+    "label.py": ["tests/test_label.py", "tests/test_identity_controls.py"],
     "align/mtcnn.py": ["tests/test_mtcnn.py"],
     "data/recordio.py": ["tests/test_recordio.py"],
     "train/evaluation.py": ["tests/test_train_heads_eval.py", "tests/test_bin_files.py"],
@@ -206,6 +206,9 @@ def run_tests(repo: Path, tests: list[str], timeout: float) -> tuple[str, float]
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
         return "timeout", time.monotonic() - start
+    except BaseException:  # interrupted: leave no test run behind
+        os.killpg(process.pid, signal.SIGKILL)
+        raise
     return ("survived" if code == 0 else "killed"), time.monotonic() - start
 
 
@@ -259,6 +262,7 @@ def main() -> None:
     parser.add_argument("--min-timeout", type=float, default=60.0, help="seconds a mutant's tests may take at least")
     parser.add_argument("--json", type=Path, help="write every outcome here")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the temporary copy is removed on `kill`
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="exfacegan-mutation-") as root:
         repo = make_copy(Path(root))
