@@ -21,7 +21,12 @@ BASE = ["experiment=smoke", "logger=none", "cache_dir=null"]
 SELECTIONS = {
     "smoke": [],
     "dlib": ["embedder=dlib", "align=dlib", "embedder@analyze.judge=dlib"],
+    "onnx": ["embedder=onnx", "embedder.path=arcface_r50_webface600k", "embedder@analyze.judge=onnx",
+             "analyze.judge.path=arcface_r50_webface600k"],
 }
+# A value each setting's own check refuses, by check function (channel values: a number or three).
+REFUSED_BY_CHECK = {"_precision": "fp8", "_channels.<locals>.check": [1, 2], "_template": "arcface_shift9",
+                    "_jobs": -2}
 # Settings whose edge clashes with another setting's smoke value: the other value that lets the edge through.
 COMPANIONS = {
     "sample.num_samples": {"label.num_references": 2},
@@ -73,8 +78,11 @@ def test_every_declared_bound_is_inclusive(composed, key, side, edge, past):
     cfg = _selection(composed, key)
     companions = COMPANIONS.get(key, {})
     _validate(cfg, key, edge, companions)
-    with pytest.raises(ConfigError, match=key.replace(".", r"\.") + " must be"):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.") + " must be") as refused:
         _validate(cfg, key, past, companions)
+    setting = SETTINGS[key]  # the message states the declared range
+    declared = f"in [{setting.low}, {setting.high}]" if setting.high is not None else f">= {setting.low}"
+    assert declared in str(refused.value) and "None" not in str(refused.value)
 
 
 @pytest.mark.parametrize("key, edge, past", [
@@ -98,3 +106,22 @@ def test_the_table_declares_upper_bounds_and_the_edges_reach_every_bounded_key(c
     assert sum(side == "high" for _, side, *_ in _edges()) >= 4
     for key in keys:
         _selection(composed, key)
+
+
+@pytest.mark.parametrize("key", [key for key, setting in SETTINGS.items() if setting.check is not None])
+def test_every_settings_own_check_runs(composed, key):
+    bad = REFUSED_BY_CHECK[SETTINGS[key].check.__qualname__]
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        _validate(_selection(composed, key), key, bad)
+
+
+def test_or_default_falls_back_only_for_null_and_empty():
+    register_resolvers()
+    for value, expected in ((None, "fallback"), ("", "fallback"), ("runs/a", "runs/a"), (0, 0)):
+        node = OmegaConf.create({"value": value, "out": "${or_default:${value},fallback}"})
+        assert node.out == expected
+
+
+def test_a_setting_that_does_not_resolve_is_refused_naming_the_missing_key(composed):
+    with pytest.raises(ConfigError, match=r"sample\.batch_size: .*gan\.no_such_key"):
+        _validate(composed["smoke"], "sample.batch_size", "${gan.no_such_key}")

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from exfacegan.train.evaluation import read_bin, ten_fold_accuracy, verify, write_bin
+from exfacegan.errors import DataError
+from exfacegan.train.evaluation import embed, read_bin, ten_fold_accuracy, verify, write_bin
 from exfacegan.train.heads import ArcFace, CosFace
 from ten_fold_oracle import insightface_ten_fold, pairs_at_distances
 
@@ -111,3 +112,24 @@ def test_verify_on_written_bin(tmp_path):
     model = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten())
     r = verify(model, imgs, same)
     assert r["accuracy"] == 1.0
+
+
+def test_embed_runs_the_network_in_eval_mode_and_leaves_its_mode_as_it_was():
+    """Batch statistics must not leak into embeddings: a BatchNorm network in training mode embeds with its running
+    statistics (here a fresh one: mean 0, variance 1, so the identity), and is left in training mode."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 8), torch.nn.BatchNorm1d(8)).train()
+    images = torch.randint(0, 256, (6, 3, 4, 4), dtype=torch.uint8)
+    x = (images.float() - 127.5) / 127.5
+    with torch.no_grad():
+        linear = model[1]
+        expected = torch.nn.functional.normalize(linear(x.flatten(1)) / (1 + 1e-5) ** 0.5)
+    out = embed(model, images, batch_size=4, flip=False)
+    assert model.training and model[2].running_mean.abs().max() == 0  # no statistics updated either
+    np.testing.assert_allclose(out, expected.numpy(), atol=1e-6)
+
+
+def test_write_bin_refuses_images_that_are_not_two_per_pair(tmp_path):
+    with pytest.raises(DataError, match="3 images for 2 pairs"):
+        write_bin(tmp_path / "x.bin", np.zeros((3, 8, 8, 3), np.uint8), [True, False])
+    assert not (tmp_path / "x.bin").exists()
