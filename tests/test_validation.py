@@ -23,8 +23,8 @@ from omegaconf import OmegaConf
 
 import exfacegan.app
 import exfacegan.cli.main
-import exfacegan.config
 import exfacegan.cli.report
+import exfacegan.config
 import exfacegan.run
 from exfacegan.cli.entry import report_errors, run_hydra_app, user_error
 from exfacegan.errors import CheckpointError, ConfigError, DataError
