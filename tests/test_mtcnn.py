@@ -179,6 +179,9 @@ def test_settings_are_refused_before_weights_load_and_missing_weights_say_how_to
     with pytest.raises(ConfigError, match="channel_order"):
         check_mtcnn_settings(channel_order="rbg", weights=tmp_path / "absent")
     assert check_mtcnn_settings(min_face_size=60, detect_size=150) == mtcnn_weights_dir()
+    assert check_mtcnn_settings(detect_size=12) == mtcnn_weights_dir()  # the smallest PNet input is accepted
+    with pytest.raises(ConfigError, match="detect_size must be null or >= 12 pixels, got 11"):
+        check_mtcnn_settings(detect_size=11)
     (tmp_path / "pnet.pt").write_bytes(b"not a state dict")
     (tmp_path / "rnet.pt").write_bytes(b"")
     (tmp_path / "onet.pt").write_bytes(b"")
