@@ -78,3 +78,22 @@ def test_truncating_at_sampling_needs_one_w_for_every_layer(tmp_path):
     cfg = _compose("gan=gan_control_small", "gan.truncation.cutoff=4", f"run_dir={tmp_path}")
     with pytest.raises(ConfigError, match="at=sample truncates the one stored w, so gan.truncation.cutoff must be null"):
         validate_config(cfg)
+
+
+@pytest.mark.parametrize("settings, words", [
+    ({"seed": -1}, "sampling.seed must be an integer >= 0, got -1"),
+    ({"seed": 1.0}, "sampling.seed must be an integer"),
+    ({"per_class": 0}, "sampling.per_class must be an integer >= 1"),
+    ({"max_off": float("nan")}, "must be finite numbers"),
+    ({"max_off": float("inf")}, "must be finite numbers"),
+    ({"min_off": True}, "must be finite numbers"),
+    ({"min_off": -0.5}, "need 0 <= sampling.min_off"),
+    ({"min_off": 31.0}, "need 0 <= sampling.min_off <= sampling.max_off"),
+    ({"both_sides": 1}, "sampling.both_sides must be true or false"),
+])
+def test_the_offset_spec_refuses_on_its_own_what_the_config_check_refuses(settings, words):
+    """OffsetSpec is built outside validate_config too (the offset study, the generate stage's tests): its own
+    rules, without the settings table in front of them."""
+    with pytest.raises(ConfigError, match=words.replace("[", r"\[")):
+        OffsetSpec(**settings)
+    assert OffsetSpec(seed=0, min_off=0.0, max_off=0.0).max_off == 0.0
