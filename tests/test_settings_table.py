@@ -20,7 +20,7 @@ BASE = ["experiment=smoke", "logger=none", "cache_dir=null"]
 # Group options that hold the keys the default groups lack (dlib's aligner and embedder, a judge, W&B).
 SELECTIONS = {
     "smoke": [],
-    "dlib": ["embedder=dlib", "align=dlib", "embedder@analyze.judge=dlib"],
+    "dlib": ["embedder=dlib", "align=dlib", "align@label_align=dlib", "embedder@analyze.judge=dlib"],
     "onnx": ["embedder=onnx", "embedder.path=arcface_r50_webface600k", "embedder@analyze.judge=onnx",
              "analyze.judge.path=arcface_r50_webface600k"],
 }
