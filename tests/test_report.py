@@ -59,12 +59,13 @@ def run_dir(tmp_path: Path) -> Path:
     dataset = run / "generate" / "dataset"
     write_identities(dataset)
     with open(run / "generate" / "manifest.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["path", "class", "reference", "side", "k", "offset_seed"])
+        writer = csv.DictWriter(f, fieldnames=["path", "class", "reference", "side", "k", "attempt", "found", "rejected"])
         writer.writeheader()
         for cls in range(CLASSES):
             for k in range(PER_CLASS):
                 writer.writerow({"path": f"{cls:05d}/{cls:05d}_{k:03d}.png", "class": cls, "reference": cls // 2,
-                                 "side": "same" if cls % 2 == 0 else "other", "k": k, "offset_seed": cls})
+                                 "side": "same" if cls % 2 == 0 else "other", "k": k, "attempt": k, "found": 1,
+                                 "rejected": ""})
     (run / "generate" / "stats.json").write_text(json.dumps({"attempted": 20, "dropped": 4}))
     (run / "fit").mkdir()
     np.savez(run / "fit" / "boundaries.npz", normals=np.eye(3, 8, dtype=np.float32), intercepts=np.zeros(3),
