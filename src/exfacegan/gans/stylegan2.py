@@ -82,8 +82,8 @@ class SynthesisLayer(nn.Module):
     def _weight_sq(self) -> torch.Tensor | None:
         """weight_sq_sums(weight), cached while the weight is unchanged (inference only)."""
         weight = self.weight
-        if torch.is_grad_enabled() and weight.requires_grad:
-            return None
+        if (torch.is_grad_enabled() and weight.requires_grad) or torch.compiler.is_compiling():
+            return None  # compiled: computed in the graph, where a data_ptr key would break it
         key = (weight.data_ptr(), weight._version, weight.device, weight.dtype)
         cache = getattr(self, "_weight_sq_cache", None)
         if cache is None or cache[0] != key:
