@@ -79,7 +79,7 @@ class SynthesisInput(nn.Module):
         x = (grid.unsqueeze(3) @ freqs.permute(0, 2, 1).unsqueeze(1).unsqueeze(2)).squeeze(3)  # [N, H, W, C]
         x = torch.sin((x + phases.unsqueeze(1).unsqueeze(2)) * (2 * np.pi))
         x = x * amplitudes.unsqueeze(1).unsqueeze(2)
-        x = x @ (self.weight / np.sqrt(self.channels)).t()
+        x = x @ (self.weight / float(np.sqrt(self.channels))).t()
         return x.permute(0, 3, 1, 2)  # NCHW view of channels-last memory
 
 
@@ -143,7 +143,7 @@ class SynthesisLayer(nn.Module):
         styles = self.affine(w)
         weight = self.weight
         if self.is_torgb:
-            styles = styles * (1 / np.sqrt(self.in_channels * self.conv_kernel**2))
+            styles = styles * float(1 / np.sqrt(self.in_channels * self.conv_kernel**2))
         else:
             # Pre-normalisation as in the official code (the style scale spans the whole batch).
             weight = weight * weight.square().mean([1, 2, 3], keepdim=True).rsqrt()
