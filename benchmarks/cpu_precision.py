@@ -83,7 +83,7 @@ def speed(backbone: str, resolution: int, modes: list[str], rounds: int) -> dict
 
 def golden_errors(golden: Path) -> dict:
     """bf16 vs fp32 images of the golden networks and the cosine between their iresnet embeddings."""
-    from exfacegan.embedders import IResNetEmbedder, iresnet  # noqa: F401
+    from exfacegan.embedders import IResNetEmbedder
     from exfacegan.embedders.iresnet import IResNet
     from exfacegan.gans.networks import build_generator
 
