@@ -2,8 +2,9 @@
 calls make tensors that carry only shape, dtype and device, and any op that mixes CPU and CUDA tensors raises
 `FakeTensorDeviceMismatchError`. So these tests catch a tensor left on (or brought back to) the host, and wrong
 dtypes under fp16/bf16 autocast; they cannot check numerics, kernels, speed, data-dependent ops (NMS, `nonzero`,
-a Python `if` on a tensor's value) or autograd (a backward pass needs a real CUDA device guard: the process
-aborts), which the `cuda`-marked tests and benchmarks/gpu_check.sh check on a real GPU.
+a Python `if` on a tensor's value), autograd or training-mode BatchNorm (both need a real CUDA device guard; a
+backward pass aborts the process), or host-side NumPy work inside the mode (GAN-Control's attribute draws), which
+the `cuda`-marked tests (tests/test_cuda.py) and benchmarks/gpu_check.sh check on a real GPU.
 """
 
 from __future__ import annotations
