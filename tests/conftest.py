@@ -29,3 +29,15 @@ def _restore_logging():
     for logger, handlers, level in saved:
         logger.handlers[:] = handlers
         logger.setLevel(level)
+
+
+def pytest_collection_modifyitems(config, items):
+    """`cuda`-marked tests need a real GPU: skipped without one (benchmarks/gpu_check.sh runs them on one)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device; benchmarks/gpu_check.sh runs these on a GPU")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)

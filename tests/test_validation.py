@@ -47,6 +47,8 @@ CASES = {
     "label.num_references=abc": "label.num_references",
     "device=cuda:64": "cuda:64",
     "dataset.jpeg_quality=500": "dataset.jpeg_quality",
+    "gan.compile=yes": "gan.compile",
+    "embedder.compile=1": "embedder.compile",
     # top level
     "stages=[]": "stages",
     "stages=[sample,train]": "train",

@@ -39,6 +39,7 @@ UPSTREAM = {"label": ("sample",), "fit": ("sample", "label"), "generate": ("fit"
 VOLATILE_KEYS = {
     "batch_size", "device", "n_jobs", "chunk_size", "num_workers", "shard", "num_shards", "references_per_chunk",
     "memory_budget_gb", "progress", "preview",
+    "compile",  # torch.compile: the same results within 1e-4 (tests/test_compiled.py)
 }
 
 
@@ -81,27 +82,39 @@ class Components:
             self._built[key] = build()
         return self._built[key]
 
-    def _network(self, node: DictConfig) -> torch.nn.Module:
+    def _network(self, node: DictConfig, compile_with: Callable[[torch.nn.Module], torch.nn.Module] | None = None
+                 ) -> torch.nn.Module:
         module = instantiate(node, _convert_="all")
-        return module.eval().requires_grad_(False).to(self.device)
+        module = module.eval().requires_grad_(False).to(self.device)
+        return module if compile_with is None else compile_with(module)
+
+    def _compiler(self, group: DictConfig | None, what: str) -> Callable[[torch.nn.Module], torch.nn.Module] | None:
+        if group is None or not group.get("compile", False):
+            return None
+        from exfacegan import compiled
+
+        return compiled.compile_generator if what == "generator" else compiled.compile_embedder
 
     @property
     def generator(self) -> torch.nn.Module:
-        return self._get("generator", lambda: self._network(self.cfg.gan.network))
+        return self._get("generator", lambda: self._network(self.cfg.gan.network, self._compiler(self.cfg.gan, "generator")))
 
     @property
     def embedder(self) -> torch.nn.Module:
-        return self._get("embedder", lambda: self._network(self.cfg.embedder.network))
+        return self._get("embedder", lambda: self._network(self.cfg.embedder.network,
+                                                           self._compiler(self.cfg.embedder, "embedder")))
 
     @property
     def judge(self) -> torch.nn.Module:
         judge = self.cfg.analyze.get("judge")
-        return self.embedder if judge is None else self._get("judge", lambda: self._network(judge.network))
+        return self.embedder if judge is None else self._get(
+            "judge", lambda: self._network(judge.network, self._compiler(judge, "embedder")))
 
     @property
     def filter_judge(self) -> torch.nn.Module:
         judge = OmegaConf.select(self.cfg, "filter.judge", default=None)
-        return self.embedder if judge is None else self._get("filter_judge", lambda: self._network(judge.network))
+        return self.embedder if judge is None else self._get(
+            "filter_judge", lambda: self._network(judge.network, self._compiler(judge, "embedder")))
 
     @property
     def aligner(self) -> torch.nn.Module:

@@ -117,7 +117,7 @@ def _is_kind(value: Any, kind: type) -> bool:
 COUNT, SEED = Setting(int, low=1), Setting(int, low=0, high=MAX_SEED)
 FLAG, TEXT = Setting(bool), Setting(str)
 PRECISION = Setting(str, check=_precision)
-EMBEDDER = {"precision": PRECISION, "network.num_jitters": Setting(int, low=0),
+EMBEDDER = {"precision": PRECISION, "compile": FLAG, "network.num_jitters": Setting(int, low=0),
             "network.padding": Setting(float, low=0), "path": TEXT, "checkpoint": TEXT,
             "mean": Setting(object, check=_channels("mean")), "std": Setting(object, check=_channels("std"))}
 ALIGN = {"size": COUNT, "template": Setting(str, check=_template), "detector": Setting(str, choices=("hog", "cnn")),
@@ -132,6 +132,7 @@ SETTINGS: dict[str, Setting] = {
     "gan.batch_size": COUNT,
     "gan.noise_mode": Setting(str, choices=("const", "random", "none")),
     "gan.precision": PRECISION,
+    "gan.compile": FLAG,
     "gan.truncation.cutoff": Setting(int, low=0, null=True),
     "sample.num_samples": Setting(int, low=2),
     "sample.seed": SEED,

@@ -90,7 +90,7 @@ def synthesize(
     ws = ws_from_w(generator, w, truncation if truncation.at == "render" else Truncation())
     prepare_ws = getattr(generator, "prepare_ws", None)
     if prepare_ws is not None and seeds is not None:
-        ws = prepare_ws(ws, seeds.to(ws.device))
+        ws = prepare_ws(ws, seeds)  # seeds stay on the host: attributes are drawn with NumPy, only they go to the device
     with autocast(autocast_dtype(precision, ws.device), ws.device):
         images = generator.synthesis(ws, noise_mode=noise_mode)
     return images.float()

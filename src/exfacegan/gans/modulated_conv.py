@@ -56,8 +56,9 @@ def modulated_conv2d(
     styles = styles.to(torch.float32)
     if dtype != torch.float32 and demodulate:
         # Official fp16 pre-normalisation; cancelled exactly by the demodulation below.
-        weight = weight * (1 / np.sqrt(in_channels * kh * kw) / weight.abs().amax(dim=[1, 2, 3], keepdim=True))
+        weight = weight * (float(1 / np.sqrt(in_channels * kh * kw)) / weight.abs().amax(dim=[1, 2, 3], keepdim=True))
         styles = styles / styles.abs().amax(dim=1, keepdim=True)
+        weight_sq = None  # a cached sum belongs to the weight before this scaling
     weight = weight.to(torch.float32)
     dcoefs = None
     if demodulate:

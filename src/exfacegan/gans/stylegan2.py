@@ -82,8 +82,8 @@ class SynthesisLayer(nn.Module):
     def _weight_sq(self) -> torch.Tensor | None:
         """weight_sq_sums(weight), cached while the weight is unchanged (inference only)."""
         weight = self.weight
-        if torch.is_grad_enabled() and weight.requires_grad:
-            return None
+        if (torch.is_grad_enabled() and weight.requires_grad) or torch.compiler.is_compiling():
+            return None  # compiled: computed in the graph, where a data_ptr key would break it
         key = (weight.data_ptr(), weight._version, weight.device, weight.dtype)
         cache = getattr(self, "_weight_sq_cache", None)
         if cache is None or cache[0] != key:
@@ -146,7 +146,7 @@ class ToRGBLayer(nn.Module):
         self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
         self.weight = nn.Parameter(torch.randn([out_channels, in_channels, kernel_size, kernel_size]))
         self.bias = nn.Parameter(torch.zeros([out_channels]))
-        self.weight_gain = 1 / np.sqrt(in_channels * kernel_size**2)
+        self.weight_gain = float(1 / np.sqrt(in_channels * kernel_size**2))
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, fused_modconv: bool | None = None) -> torch.Tensor:
         styles = self.affine(w) * self.weight_gain

@@ -43,7 +43,8 @@ class SynthesisInput(nn.Module):
         super().__init__()
         self.w_dim, self.channels = w_dim, channels
         self.size = np.broadcast_to(np.asarray(size), [2])
-        self.sampling_rate, self.bandwidth = sampling_rate, bandwidth
+        self.sampling_rate, self.bandwidth = float(sampling_rate), float(bandwidth)
+        self._width, self._height = (int(v) for v in self.size)  # Python ints: torch.compile traces them as constants
         # Frequencies uniform on a disc of radius `bandwidth`, random phases.
         freqs = torch.randn(channels, 2)
         radii = freqs.square().sum(dim=1, keepdim=True).sqrt()
@@ -72,13 +73,13 @@ class SynthesisInput(nn.Module):
         amplitudes = (1 - (freqs.norm(dim=2) - self.bandwidth) / (self.sampling_rate / 2 - self.bandwidth)).clamp(0, 1)
 
         theta = torch.eye(2, 3, device=w.device)
-        theta[0, 0] = 0.5 * self.size[0] / self.sampling_rate
-        theta[1, 1] = 0.5 * self.size[1] / self.sampling_rate
-        grid = F.affine_grid(theta.unsqueeze(0), [1, 1, int(self.size[1]), int(self.size[0])], align_corners=False)
+        theta[0, 0] = 0.5 * self._width / self.sampling_rate
+        theta[1, 1] = 0.5 * self._height / self.sampling_rate
+        grid = F.affine_grid(theta.unsqueeze(0), [1, 1, self._height, self._width], align_corners=False)
         x = (grid.unsqueeze(3) @ freqs.permute(0, 2, 1).unsqueeze(1).unsqueeze(2)).squeeze(3)  # [N, H, W, C]
         x = torch.sin((x + phases.unsqueeze(1).unsqueeze(2)) * (2 * np.pi))
         x = x * amplitudes.unsqueeze(1).unsqueeze(2)
-        x = x @ (self.weight / np.sqrt(self.channels)).t()
+        x = x @ (self.weight / float(np.sqrt(self.channels))).t()
         return x.permute(0, 3, 1, 2)  # NCHW view of channels-last memory
 
 
@@ -142,7 +143,7 @@ class SynthesisLayer(nn.Module):
         styles = self.affine(w)
         weight = self.weight
         if self.is_torgb:
-            styles = styles * (1 / np.sqrt(self.in_channels * self.conv_kernel**2))
+            styles = styles * float(1 / np.sqrt(self.in_channels * self.conv_kernel**2))
         else:
             # Pre-normalisation as in the official code (the style scale spans the whole batch).
             weight = weight * weight.square().mean([1, 2, 3], keepdim=True).rsqrt()

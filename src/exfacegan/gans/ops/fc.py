@@ -42,7 +42,7 @@ class FullyConnectedLayer(nn.Module):
             self.bias = nn.Parameter(torch.from_numpy(init.astype(np.float32)))
         else:
             self.bias = None
-        self.weight_gain = lr_multiplier / np.sqrt(in_features)
+        self.weight_gain = float(lr_multiplier / np.sqrt(in_features))  # a Python float: torch.compile traces it as a constant
         self.bias_gain = lr_multiplier
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

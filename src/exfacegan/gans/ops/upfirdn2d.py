@@ -78,6 +78,14 @@ def fir_filter2d(
     return F.conv2d(x, _depthwise(fy[:, None], channels, x.dtype), bias=bias, padding=(conv_pad[0], 0), groups=channels)
 
 
+def _bf16_on_cpu(x: torch.Tensor) -> bool:
+    """Whether a convolution of x would run in bf16 on the CPU (x is bf16, or CPU autocast to bf16 is on)."""
+    if x.device.type != "cpu":
+        return False
+    autocast_bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    return x.dtype == torch.bfloat16 or autocast_bf16
+
+
 def upsample2d(x: torch.Tensor, f: torch.Tensor, up: int = 2, padding: Sequence[int] | None = None) -> torch.Tensor:
     """`upfirdn2d(x, f, up=up, padding=padding, gain=up**2)` for a 2-D filter f: zeros inserted
     after each sample, padded by (x0, x1, y0, y1) (default: ((fw + up - 1) // 2, (fw - up) // 2)
@@ -86,6 +94,10 @@ def upsample2d(x: torch.Tensor, f: torch.Tensor, up: int = 2, padding: Sequence[
     Zero insertion + padding + convolution is one depthwise transposed convolution; the part of
     the crop that is equal at both ends becomes its padding, the rest an explicit crop or pad.
     """
+    if _bf16_on_cpu(x):
+        # oneDNN runs no bf16 depthwise *transposed* convolution: PyTorch's fallback is 2-6x slower than fp32.
+        with torch.autocast("cpu", enabled=False):
+            return upsample2d(x.float(), f, up, padding).to(x.dtype)
     fh, fw = f.shape
     if padding is None:
         padding = ((fw + up - 1) // 2, (fw - up) // 2, (fh + up - 1) // 2, (fh - up) // 2)
