@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from exfacegan.config import validate_config
 from exfacegan.data import run_artifacts
-from exfacegan.data.artifacts import save_json, save_text
+from exfacegan.data.artifacts import load_json, save_json, save_text
 from exfacegan.devices import resolve_device
 from exfacegan.gans.latent import Truncation
 from exfacegan.loggers import build_logger
@@ -138,6 +138,7 @@ def run_label(cfg: DictConfig, run: RunDirectory, out: Path, parts: Components, 
 
     run.require("sample")
     sizes = run_artifacts.config_sizes(cfg)
+    sample_dir = run.root / "sample"
     found = run_artifacts.sample_latents(run.root, sizes)["found"]
     artifacts = label(
         out, run_artifacts.sample_embeddings(run.root, sizes), found,
@@ -187,8 +188,14 @@ def run_fit(cfg: DictConfig, run: RunDirectory, out: Path, parts: Components, lo
     if "device" in options:
         options["device"] = str(parts.device) if options["device"] == "auto" else options["device"]
     pairing = cfg.fit.get("pairing", "reference")
+    poses = run_artifacts.sample_poses(run.root, sizes)
     artifacts = fit(out, latents, labelled["labels"], labelled["references"], solver=solver,
-                    references_per_chunk=cfg.fit.references_per_chunk, pairing=pairing, **options)
+                    references_per_chunk=cfg.fit.references_per_chunk, pairing=pairing, poses=poses, **options)
+    if artifacts.pose_direction is not None:
+        with np.load(artifacts.pose_direction) as pose:
+            log.info("yaw direction in w: R² %.3f (in-sample) over %d codes with a pose", pose["r2"], pose["count"])
+            logger.log_metrics({"pose_direction_r2": float(pose["r2"]), "pose_direction_codes": int(pose["count"])},
+                               "fit")
     result = np.load(artifacts.boundaries)
     valid = result["valid"]
     moved = int((result["paired_codes"] != result["references"]).sum())
@@ -212,18 +219,33 @@ def run_generate(cfg: DictConfig, run: RunDirectory, out: Path, parts: Component
     filter_spec = IdentityFilterSpec.from_config(cfg)
     accept = identity_filter_tests(filter_spec, parts.filter_judge, parts.generator, parts.aligner, latents, normals,
                                    spec, parts.device) if filter_spec.active else []
+    pose = None
+    if spec.offsets.pose.active:
+        from exfacegan.stages.pose_direction import POSE_DIRECTION_FILE, load_pose_shift
+
+        pose = load_pose_shift(run.root / "fit" / POSE_DIRECTION_FILE, len(normals), normals.shape[1])
     artifacts = generate(out, parts.generator, parts.aligner, reference_latents=latents, normals=normals,
-                         valid=boundaries["valid"], spec=spec, accept=accept, device=parts.device)
+                         valid=boundaries["valid"], spec=spec, accept=accept, device=parts.device, pose=pose)
     if artifacts is not None:
+        _record_pose_targets(out, spec)
         _log_generate_stats(artifacts.stats, logger)
     return artifacts is not None
 
 
 def run_merge(cfg: DictConfig, run: RunDirectory, out: Path, parts: Components, logger: Any) -> bool:
-    from exfacegan.stages.generate import finalize
+    from exfacegan.stages.generate import GenerateSpec, finalize
 
-    _log_generate_stats(finalize(out).stats, logger)
+    artifacts = finalize(out)
+    _record_pose_targets(out, GenerateSpec.from_config(cfg))
+    _log_generate_stats(artifacts.stats, logger)
     return True
+
+
+def _record_pose_targets(out: Path, spec: Any) -> None:
+    if spec.offsets.pose.active:
+        from exfacegan.stages.pose_targets import record_pose_targets
+
+        record_pose_targets(out, spec.offsets)
 
 
 def _log_generate_stats(stats_path: Path, logger: Any) -> None:

@@ -282,6 +282,26 @@ def _check_relations(cfg: DictConfig) -> None:
         path = cfg.get(key)
         if path and Path(path).exists() and not Path(path).is_dir():
             raise ConfigError(f"{key}={path} is an existing file, not a folder")
+    _check_pose_variation(cfg)
+
+
+LANDMARK_ALIGNERS = ("MTCNNAligner", "DlibAligner")
+
+
+def _check_pose_variation(cfg: DictConfig) -> None:
+    """sampling.pose needs a StyleGAN backbone (GAN-Control's orientation controller overwrites the pose) and a
+    sample-stage aligner with landmarks (the yaw direction is learnt from the sampled faces' pose)."""
+    if OmegaConf.select(cfg, "sampling.pose.yaw_range", default=None) is None:
+        return
+    gan = " ".join(str(OmegaConf.select(cfg, f"gan.{key}._target_", default="")) for key in ("network", "small"))
+    if "gan_control" in gan:
+        raise ConfigError("sampling.pose is for StyleGAN backbones: GAN-Control's orientation controller sets each "
+                          "image's yaw itself (-50..50); unset sampling.pose.yaw_range with gan=gan_control")
+    key = "label_align" if cfg.get("label_align") is not None else "align"
+    target = str(OmegaConf.select(cfg, f"{key}._target_", default=""))
+    if not target.endswith(LANDMARK_ALIGNERS):
+        raise ConfigError(f"sampling.pose needs an aligner that finds facial landmarks ({key}=mtcnn or {key}=dlib) "
+                          f"to learn the yaw direction from the sampled faces; {key} is {target.rsplit('.', 1)[-1]}")
 
 
 def _typed_options(spec: type, values: dict[str, Any], prefix: str) -> dict[str, Any]:
