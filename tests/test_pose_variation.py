@@ -151,3 +151,53 @@ def test_pose_variation_does_not_depend_on_sharding_chunking_or_resuming(tmp_pat
     plain = manifest(tmp_path / "plain", OffsetSpec(per_class=2, max_off=2.0, seed=5), references_per_chunk=8,
                      batch_size=12)
     assert [path for path, _ in plain] == [path for path, _ in whole] and plain != whole  # the turn changes images
+
+
+def test_the_fit_stage_saves_the_direction_per_boundary(tmp_path):
+    from exfacegan.label import identity_labels
+    from exfacegan.stages.fit import fit
+    from exfacegan.stages.pose_direction import load_pose_shift
+
+    rng = np.random.default_rng(3)
+    latents = rng.standard_normal((240, 12)).astype(np.float32)
+    embeddings = latents @ rng.standard_normal((12, 16)).astype(np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    refs = np.arange(6) * 5
+    labels = identity_labels(embeddings, refs, threshold="median", margin=0.05)
+    truth = rng.standard_normal(12)
+    poses = np.stack([latents @ truth, np.zeros(240), np.zeros(240)], 1).astype(np.float32)
+    poses[5] = np.nan  # reference 1 has no face: its yaw comes from the model
+    artifacts = fit(tmp_path, latents, labels, refs, solver="batched", progress=False, poses=poses)
+    saved = np.load(artifacts.pose_direction)
+    assert saved["r2"] > 0.999 and saved["count"] == 239
+    normals = np.load(artifacts.boundaries)["normals"]
+    shift = load_pose_shift(artifacts.pose_direction, 6, 12)
+    assert np.abs((shift.directions * normals).sum(1)).max() < 1e-6
+    np.testing.assert_allclose(shift.reference_yaw, latents[refs] @ truth, rtol=1e-4, atol=1e-4)
+    assert fit(tmp_path / "none", latents, labels, refs, solver="batched", progress=False,
+               poses=np.full((240, 3), np.nan, np.float32)).pose_direction is None
+
+
+def test_pose_targets_are_recorded_per_manifest_row(tmp_path):
+    from exfacegan.data.artifacts import load_json
+    from exfacegan.stages.pose_targets import record_pose_targets
+
+    generator, aligner = _toy_stylegan()
+    latents, normals, _, shift = _setup(generator)
+    offsets = OffsetSpec(per_class=3, max_off=2.0, seed=2, include_reference=True, pose={"yaw_range": [-20.0, 40.0]})
+    artifacts = generate(tmp_path, generator, aligner, reference_latents=latents, normals=normals, pose=shift,
+                         spec=GenerateSpec(offsets=offsets, truncation=Truncation(psi=1.0), batch_size=18))
+    record_pose_targets(tmp_path, offsets)
+    with open(artifacts.manifest, newline="") as f:
+        rows = list(csv.DictReader(f))
+    saved = np.load(tmp_path / "pose_targets.npz")
+    expected = [np.nan if int(row["attempt"]) == -1 else np.random.default_rng(
+        [2, int(row["reference"]), 4 + (row["side"] == "other"), int(row["attempt"]) + 1]).uniform(-20.0, 40.0)
+        for row in rows]
+    np.testing.assert_array_equal(saved["target_yaw"], expected)
+    np.testing.assert_array_equal(saved["class"], [int(row["class"]) for row in rows])
+    stats = load_json(artifacts.stats)
+    spread = {c: np.std([t for t, row in zip(expected, rows) if int(row["class"]) == c and np.isfinite(t)])
+              for c in range(6)}
+    assert stats["pose_target_yaw_range"] == [-20.0, 40.0]
+    assert stats["pose_target_yaw_spread_per_class"] == pytest.approx({f"{c:05d}": s for c, s in spread.items()})
