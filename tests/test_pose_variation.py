@@ -201,3 +201,22 @@ def test_pose_targets_are_recorded_per_manifest_row(tmp_path):
               for c in range(6)}
     assert stats["pose_target_yaw_range"] == [-20.0, 40.0]
     assert stats["pose_target_yaw_spread_per_class"] == pytest.approx({f"{c:05d}": s for c, s in spread.items()})
+
+
+def test_pose_variation_enters_the_generate_fingerprint_only_when_set():
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    from exfacegan.app import stage_fingerprints
+    from exfacegan.run import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        base, posed, other, bare = (compose(config_name="config", overrides=["experiment=smoke", "logger=none", *o])
+                                    for o in ([], ["sampling.pose.yaw_range=[-30,30]"],
+                                              ["sampling.pose.yaw_range=[-30,20]"], []))
+    with open_dict(bare):
+        del bare.sampling["pose"]
+    base, posed, other, bare = map(stage_fingerprints, (base, posed, other, bare))
+    assert bare == base  # runs from before the setting keep their stages
+    assert all(posed[s] == base[s] for s in ("sample", "label", "fit"))
+    assert len({base["generate"], posed["generate"], other["generate"]}) == 3

@@ -63,7 +63,10 @@ def stage_fingerprints(cfg: DictConfig) -> dict[str, str]:
     controls_label, controls_generate = identity_controls_payload(cfg)
     label = fingerprint({"up": sample, "label": _stable(cfg.label), "margin": margin, **controls_label})
     fit = fingerprint({"up": label, "boundary": boundary, **_stable(cfg.fit)})
-    generate = fingerprint({"up": fit, "gan": gan, "align": _stable(cfg.align), "sampling": _stable(cfg.sampling), "dataset": _stable(cfg.dataset), **_stable(controls_generate)})
+    sampling = _stable(cfg.sampling)
+    if (sampling.get("pose") or {}).get("yaw_range") is None:  # off: the fingerprint of runs from before the setting
+        sampling.pop("pose", None)
+    generate = fingerprint({"up": fit, "gan": gan, "align": _stable(cfg.align), "sampling": sampling, "dataset": _stable(cfg.dataset), **_stable(controls_generate)})
     analyze = fingerprint({"up": generate, "analyze": _stable(cfg.analyze), "embedder": _stable(cfg.embedder)})
     return {"sample": sample, "label": label, "fit": fit, "generate": generate, "merge": generate, "analyze": analyze}
 
