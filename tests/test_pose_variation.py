@@ -220,3 +220,41 @@ def test_pose_variation_enters_the_generate_fingerprint_only_when_set():
     assert bare == base  # runs from before the setting keep their stages
     assert all(posed[s] == base[s] for s in ("sample", "label", "fit"))
     assert len({base["generate"], posed["generate"], other["generate"]}) == 3
+
+
+def test_gan_control_takes_the_range_as_its_orientation_controllers_yaw(tmp_path):
+    from exfacegan.stages.pose_targets import record_pose_targets
+
+    node = OmegaConf.load(CONF / "gan" / "gan_control.yaml")
+    generator = instantiate(node.small, _convert_="all").eval().requires_grad_(False)
+    aligner = instantiate(OmegaConf.load(CONF / "align" / "ffhq_template.yaml"))
+    rng = np.random.default_rng(0)
+    latents = rng.standard_normal((2, generator.w_dim)).astype(np.float32)
+    normals = rng.standard_normal((2, generator.w_dim)).astype(np.float32)
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+    before = generator.attribute_ranges
+
+    def yaws(folder, offsets):
+        seen = []
+        hook = generator.controllers["orientation"].register_forward_pre_hook(
+            lambda module, args: seen.append(args[0][:, 0].clone()))
+        try:
+            artifacts = generate(folder, generator, aligner, reference_latents=latents, normals=normals,
+                                 spec=GenerateSpec(offsets=offsets, truncation=Truncation(psi=0.7, at="sample"),
+                                                   batch_size=40))
+        finally:
+            hook.remove()
+        return torch.cat(seen).double().numpy(), artifacts
+
+    plain, _ = yaws(tmp_path / "plain", OffsetSpec(per_class=10, max_off=2.0, seed=1))
+    offsets = OffsetSpec(per_class=10, max_off=2.0, seed=1, pose={"yaw_range": [-5, 5]})
+    narrowed, artifacts = yaws(tmp_path / "narrowed", offsets)
+    assert len(narrowed) == len(plain) == 40
+    assert np.abs(plain).max() > 5 and np.abs(narrowed).max() <= 5 and len(np.unique(narrowed)) > 3
+    np.testing.assert_array_equal(narrowed, np.round(narrowed))  # whole degrees, as the controller is fed
+    assert generator.attribute_ranges == before  # restored after rendering
+    record_pose_targets(tmp_path / "narrowed", offsets, controlled=True)
+    with open(artifacts.manifest, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 40  # the template aligner keeps every image: manifest rows in render order
+    np.testing.assert_array_equal(np.load(tmp_path / "narrowed" / "pose_targets.npz")["target_yaw"], narrowed)

@@ -92,8 +92,10 @@ def test_truncating_at_sampling_needs_one_w_for_every_layer(tmp_path):
     (["align=mtcnn", "sampling.pose.yaw_range=[-30]"], "sampling.pose.yaw_range must be null or [low, high]"),
     (["align=mtcnn", "sampling.pose.yaw_range=wide"], "sampling.pose.yaw_range must be null or [low, high]"),
     (["align=mtcnn", "+sampling.pose.pitch_range=[-5,5]"], "unknown setting sampling.pose.pitch_range"),
-    (["align=mtcnn", "gan=gan_control_small", "sampling.pose.yaw_range=[-30,30]"],
-     "sampling.pose is for StyleGAN backbones"),
+    (["gan=gan_control_small", "sampling.pose.yaw_range=[-30,30]"], None),  # the controller: no landmarks needed
+    (["gan=gan_control_small", "sampling.pose.yaw_range=[-30.5,30]"],
+     "with gan=gan_control sampling.pose.yaw_range is the orientation controller's yaw range and takes whole degrees"),
+    (["gan=gan_control_small", "sampling.pose.yaw_range=[-30,95]"], "sampling.pose.yaw_range needs -90 <= low < high"),
 ])
 def test_pose_variation_settings_are_checked_before_any_network(overrides, words, tmp_path):
     cfg = _compose(*overrides, f"run_dir={tmp_path}")

@@ -223,14 +223,14 @@ def run_generate(cfg: DictConfig, run: RunDirectory, out: Path, parts: Component
     accept = identity_filter_tests(filter_spec, parts.filter_judge, parts.generator, parts.aligner, latents, normals,
                                    spec, parts.device) if filter_spec.active else []
     pose = None
-    if spec.offsets.pose.active:
+    if spec.offsets.pose.active and not hasattr(parts.generator, "attribute_ranges"):  # GAN-Control: its controller
         from exfacegan.stages.pose_direction import POSE_DIRECTION_FILE, load_pose_shift
 
         pose = load_pose_shift(run.root / "fit" / POSE_DIRECTION_FILE, len(normals), normals.shape[1])
     artifacts = generate(out, parts.generator, parts.aligner, reference_latents=latents, normals=normals,
                          valid=boundaries["valid"], spec=spec, accept=accept, device=parts.device, pose=pose)
     if artifacts is not None:
-        _record_pose_targets(out, spec)
+        _record_pose_targets(out, spec, parts)
         _log_generate_stats(artifacts.stats, logger)
     return artifacts is not None
 
@@ -239,16 +239,17 @@ def run_merge(cfg: DictConfig, run: RunDirectory, out: Path, parts: Components, 
     from exfacegan.stages.generate import GenerateSpec, finalize
 
     artifacts = finalize(out)
-    _record_pose_targets(out, GenerateSpec.from_config(cfg))
+    _record_pose_targets(out, GenerateSpec.from_config(cfg), parts)
     _log_generate_stats(artifacts.stats, logger)
     return True
 
 
-def _record_pose_targets(out: Path, spec: Any) -> None:
+def _record_pose_targets(out: Path, spec: Any, parts: Components) -> None:
     if spec.offsets.pose.active:
+        from exfacegan.stages.generate import is_controlled
         from exfacegan.stages.pose_targets import record_pose_targets
 
-        record_pose_targets(out, spec.offsets)
+        record_pose_targets(out, spec.offsets, is_controlled(parts.generator))
 
 
 def _log_generate_stats(stats_path: Path, logger: Any) -> None:

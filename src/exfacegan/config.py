@@ -289,14 +289,18 @@ LANDMARK_ALIGNERS = ("MTCNNAligner", "DlibAligner")
 
 
 def _check_pose_variation(cfg: DictConfig) -> None:
-    """sampling.pose needs a StyleGAN backbone (GAN-Control's orientation controller overwrites the pose) and a
-    sample-stage aligner with landmarks (the yaw direction is learnt from the sampled faces' pose)."""
-    if OmegaConf.select(cfg, "sampling.pose.yaw_range", default=None) is None:
+    """sampling.pose: GAN-Control's orientation controller takes the range as its yaw range (whole degrees); a
+    StyleGAN backbone needs a sample-stage aligner with landmarks (the yaw direction is learnt from the sampled
+    faces' pose)."""
+    yaw_range = OmegaConf.select(cfg, "sampling.pose.yaw_range", default=None)
+    if yaw_range is None:
         return
     gan = " ".join(str(OmegaConf.select(cfg, f"gan.{key}._target_", default="")) for key in ("network", "small"))
     if "gan_control" in gan:
-        raise ConfigError("sampling.pose is for StyleGAN backbones: GAN-Control's orientation controller sets each "
-                          "image's yaw itself (-50..50); unset sampling.pose.yaw_range with gan=gan_control")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and float(v).is_integer() for v in yaw_range):
+            raise ConfigError(f"with gan=gan_control sampling.pose.yaw_range is the orientation controller's yaw range "
+                              f"and takes whole degrees, got {list(yaw_range)}")
+        return
     key = "label_align" if cfg.get("label_align") is not None else "align"
     target = str(OmegaConf.select(cfg, f"{key}._target_", default=""))
     if not target.endswith(LANDMARK_ALIGNERS):

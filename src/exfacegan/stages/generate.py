@@ -23,7 +23,8 @@ from __future__ import annotations
 import csv
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -203,6 +204,8 @@ class _Renderer:
     def __init__(self, dataset: Path, generator: nn.Module, aligner: nn.Module, latents: np.ndarray,
                  normals: np.ndarray, spec: GenerateSpec, accept: Sequence[Acceptance], device: Any,
                  pose: PoseShift | None = None) -> None:
+        if spec.offsets.pose.active and pose is None and not is_controlled(generator):
+            raise DataError("sampling.pose.yaw_range is set but no yaw direction was given; rerun the fit stage")
         self.dataset, self.generator, self.aligner, self.pose = dataset, generator, aligner, pose
         self.latents, self.normals, self.spec, self.accept, self.device = latents, normals, spec, accept, device
 
@@ -234,10 +237,34 @@ def render_faces(generator: nn.Module, aligner: nn.Module, codes: np.ndarray, at
 def render_posed_faces(generator: nn.Module, aligner: nn.Module, codes: np.ndarray, attribute_seeds: np.ndarray,
                        spec: GenerateSpec, device: Any) -> tuple[torch.Tensor, list[bool], np.ndarray]:
     """`render_faces` and each face's head pose [M, 3] (yaw, pitch, roll; NaN without landmarks)."""
-    images = synthesize(generator, torch.from_numpy(codes).to(device), truncation=spec.truncation,
-                        noise_mode=spec.noise_mode, seeds=torch.from_numpy(attribute_seeds), precision=spec.precision)
+    with controller_yaw(generator, spec.offsets.pose.yaw_range):
+        images = synthesize(generator, torch.from_numpy(codes).to(device), truncation=spec.truncation,
+                            noise_mode=spec.noise_mode, seeds=torch.from_numpy(attribute_seeds),
+                            precision=spec.precision)
     faces, found, points = align_with_points(aligner, images)
     return to_uint8(faces), found.bool().cpu().tolist(), head_pose(points, found)
+
+
+def is_controlled(generator: nn.Module) -> bool:
+    """Whether the generator sets each image's pose itself (GAN-Control's attribute controllers)."""
+    return hasattr(generator, "attribute_ranges")
+
+
+@contextmanager
+def controller_yaw(generator: nn.Module, yaw_range: tuple[float, float] | None) -> Iterator[None]:
+    """For GAN-Control with `sampling.pose`, the orientation controller draws its yaw from `yaw_range` (whole
+    degrees, both ends included) while rendering; other generators, or no range, are left as they are."""
+    if yaw_range is None or not is_controlled(generator):
+        yield
+        return
+    from dataclasses import replace as with_field
+
+    before = generator.attribute_ranges
+    generator.attribute_ranges = with_field(before, yaw=(int(yaw_range[0]), int(yaw_range[1])))
+    try:
+        yield
+    finally:
+        generator.attribute_ranges = before
 
 
 def _rejections(faces: torch.Tensor, found: list[bool], draws: list[Draw], accept: Sequence[Acceptance]) -> list[str]:

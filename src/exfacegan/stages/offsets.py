@@ -16,6 +16,8 @@ renders draw t = k. With `include_reference`, slot 0 of class 2r is the referenc
 Pose variation (`sampling.pose.yaw_range=[low, high]`, off by default) draws a target yaw per draw from stream
 4 + side, U(low, high), and adds (target − the reference's own yaw) · d_r, d_r the reference's yaw direction
 orthogonal to its normal (`exfacegan.stages.pose_direction`); the reference itself (attempt -1) is not moved.
+GAN-Control sets each image's pose through its orientation controller instead: there the range replaces the
+controller's yaw range (-50..50) and no code is moved (`exfacegan.stages.generate.controller_yaw`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from exfacegan.errors import ConfigError, DataError
+from exfacegan.errors import ConfigError
 from exfacegan.stages.pose_direction import PoseShift
 
 SIDES = ("same", "other")
@@ -153,13 +155,10 @@ def draw_codes(
     pose: PoseShift | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """float32 codes [M, d] and int64 attribute seeds [M]; latents, normals and `pose` are indexed by reference id.
-    With `spec.pose` active each code also moves by (target yaw − the reference's yaw) along its reference's
-    yaw direction (`pose` is then required)."""
-    if spec.pose.active and pose is None:
-        raise DataError("sampling.pose.yaw_range is set but no pose direction was given; rerun the fit stage")
+    With `spec.pose` active and `pose` given, each code also moves by (target yaw − the reference's yaw) along its
+    reference's yaw direction."""
     dim = reference_latents.shape[1]
     offsets = np.zeros((len(draws), dim))
-    attribute_seeds = np.empty(len(draws), np.int64)
     drawn: dict[tuple[int, int, int], np.ndarray] = {}  # mirrored sides share one u: draw it once
     for i, d in enumerate(draws):
         if d.attempt != REFERENCE_ATTEMPT:
@@ -167,11 +166,16 @@ def draw_codes(
             if key not in drawn:
                 drawn[key] = draw_rng(spec.seed, *key).uniform(spec.min_off, spec.max_off, dim)
             offsets[i] = drawn[key]
-        attribute_seeds[i] = draw_rng(spec.seed, d.reference, 2 + d.side, d.attempt).integers(2**62)
     refs = np.array([d.reference for d in draws], dtype=np.int64)
     signs = np.array([1.0 if d.side else -1.0 for d in draws])
     codes = reference_latents[refs] + signs[:, None] * offsets * normals[refs]
-    if spec.pose.active:
+    if spec.pose.active and pose is not None:
         turn = np.nan_to_num(target_yaws(draws, spec) - pose.reference_yaw[refs])
         codes = codes + turn[:, None] * pose.directions[refs]
-    return codes.astype(np.float32), attribute_seeds
+    return codes.astype(np.float32), attribute_seeds(draws, spec)
+
+
+def attribute_seeds(draws: list[Draw], spec: OffsetSpec) -> np.ndarray:
+    """int64 [M]: the seed of each draw's random attributes (GAN-Control's controllers), stream 2 + side."""
+    return np.array([draw_rng(spec.seed, d.reference, 2 + d.side, d.attempt).integers(2**62) for d in draws],
+                    dtype=np.int64).reshape(len(draws))

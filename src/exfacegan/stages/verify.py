@@ -279,7 +279,7 @@ def regenerate(plan: RegenerationPlan, listing: Listing, device: str) -> Regener
     generator = rebuild_network(cfg.gan.network, plan.config_path, device)
     aligner = rebuild_network(cfg.align, plan.config_path, device)
     pose = None
-    if spec.offsets.pose.active:
+    if spec.offsets.pose.active and not hasattr(generator, "attribute_ranges"):  # GAN-Control: its controller
         from exfacegan.stages.pose_direction import POSE_DIRECTION_FILE, load_pose_shift
 
         pose = load_pose_shift(plan.run_dir / "fit" / POSE_DIRECTION_FILE, len(normals), normals.shape[1])
