@@ -67,7 +67,8 @@ def test_draws_do_not_depend_on_how_the_references_are_split():
     spec = OffsetSpec(per_class=4, max_off=2.0, seed=9, pose={"yaw_range": [-30, 30]})
     draws = first_draws(np.arange(6), spec)
     together = draw_codes(draws, latents, normals, spec, shift)[0]
-    apart = np.concatenate([draw_codes(draws[i:i + 3], latents, normals, spec, shift)[0] for i in range(0, len(draws), 3)])
+    apart = np.concatenate([draw_codes(draws[i:i + 3], latents, normals, spec, shift)[0]
+                            for i in range(0, len(draws), 3)])
     np.testing.assert_array_equal(together, apart)
     plain = draw_codes(draws, latents, normals, OffsetSpec(per_class=4, max_off=2.0, seed=9))[0]
     assert not np.allclose(together, plain)  # the pose shift is applied ...

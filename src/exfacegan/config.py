@@ -297,7 +297,8 @@ def _check_pose_variation(cfg: DictConfig) -> None:
         return
     gan = " ".join(str(OmegaConf.select(cfg, f"gan.{key}._target_", default="")) for key in ("network", "small"))
     if "gan_control" in gan:
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and float(v).is_integer() for v in yaw_range):
+        whole = [isinstance(v, (int, float)) and not isinstance(v, bool) and float(v).is_integer() for v in yaw_range]
+        if not all(whole):
             raise ConfigError(f"with gan=gan_control sampling.pose.yaw_range is the orientation controller's yaw range "
                               f"and takes whole degrees, got {list(yaw_range)}")
         return

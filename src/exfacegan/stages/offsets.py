@@ -146,7 +146,8 @@ def target_yaws(draws: list[Draw], spec: OffsetSpec) -> np.ndarray:
     if spec.pose.active:
         for i, d in enumerate(draws):
             if d.attempt != REFERENCE_ATTEMPT:
-                targets[i] = draw_rng(spec.seed, d.reference, POSE_STREAM + d.side, d.attempt).uniform(*spec.pose.yaw_range)
+                rng = draw_rng(spec.seed, d.reference, POSE_STREAM + d.side, d.attempt)
+                targets[i] = rng.uniform(*spec.pose.yaw_range)
     return targets
 
 

@@ -18,7 +18,7 @@ from exfacegan.data.artifacts import save_npz
 from exfacegan.errors import DataError
 
 POSE_DIRECTION_FILE = "pose_direction.npz"
-MIN_GAIN = 1e-6  # below this β·p_r the normal is (nearly) the yaw direction itself: no orthogonal shift turns the head
+MIN_GAIN = 1e-6  # below this β·p_r the normal is (nearly) the yaw direction: no orthogonal shift turns the head
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,8 @@ def load_pose_shift(path: Path, references: int, w_dim: int) -> PoseShift:
         with np.load(path, allow_pickle=False) as archive:
             directions, own = archive["directions"], archive["reference_yaw"]
     except (OSError, ValueError, KeyError, EOFError) as error:
-        raise DataError(f"{path}: not a readable pose direction ({type(error).__name__}); rerun the fit stage") from None
+        raise DataError(f"{path}: not a readable pose direction ({type(error).__name__}); "
+                        "rerun the fit stage") from None
     if directions.shape != (references, w_dim) or own.shape != (references,) or not (
             np.isfinite(directions).all() and np.isfinite(own).all()):
         raise DataError(f"{path}: directions {directions.shape} / reference_yaw {own.shape} do not fit "
