@@ -203,6 +203,14 @@ def test_pose_targets_are_recorded_per_manifest_row(tmp_path):
     assert stats["pose_target_yaw_range"] == [-20.0, 40.0]
     assert stats["pose_target_yaw_spread_per_class"] == pytest.approx({f"{c:05d}": s for c, s in spread.items()})
 
+    from exfacegan.metrics.pose_report import pose_metrics
+    from exfacegan.metrics.report import _pose_section
+
+    metrics = pose_metrics(artifacts.manifest)  # the template aligner: no measured pose, the targets all the same
+    assert metrics["target_yaw_spread_class_median"] == pytest.approx(np.median(list(spread.values())))
+    metrics = {**metrics, "pose_faces": 1}
+    assert "targeted yaw spread per identity" in _pose_section(metrics, {})
+
 
 def test_pose_variation_enters_the_generate_fingerprint_only_when_set():
     from hydra import compose, initialize_config_dir
