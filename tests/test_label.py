@@ -71,6 +71,15 @@ def test_fixed_threshold_and_margin():
     np.testing.assert_array_equal(labels[0], [-1, 1, -1, -1, -1, 0])
 
 
+def test_fixed_thresholds_at_the_ends_of_the_cosine_range_are_accepted_and_beyond_them_refused():
+    embeddings = _unit_circle([0, 0, 90, 180])  # cosines to code 0: exactly 1, 0 and -1
+    np.testing.assert_array_equal(identity_labels(embeddings, 1, threshold=1.0)[0], [-1, 1, 0, 0])
+    np.testing.assert_array_equal(identity_labels(embeddings, 1, threshold=-1.0)[0], [-1, 1, 1, 1])
+    for beyond in (1.0001, -1.0001, "1.0001"):
+        with pytest.raises(ConfigError, match="cosine similarity in \\[-1, 1\\]"):
+            identity_labels(embeddings, 1, threshold=beyond)
+
+
 def test_chunking_reference_arrays_and_scale_do_not_change_labels():
     rng = np.random.default_rng(1)
     embeddings = rng.standard_normal((40, 8)).astype(np.float32)

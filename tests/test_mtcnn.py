@@ -101,19 +101,42 @@ def test_landmarks_of_the_largest_face_float_and_uint8_alike_and_no_face_found_f
     assert small.tolist() == [False] and not faces.any()
 
 
+def _nearest_150_correspondence(length: int, side: int = 150) -> tuple[np.ndarray, np.ndarray, float]:
+    """Worked by hand, pixel by pixel: a legacy-nearest resize from `length` to `side` copies input pixel
+    floor(j * length / side) to output pixel j, so a point at output pixel centre j sits at input pixel centre
+    floor(j * length / side). The straight line through those correspondences has slope length / side and lies
+    below j * length / side by the mean fractional part (0.4933 px for 1024 -> 150)."""
+    j = np.arange(side)
+    source = np.floor(j * length / side)
+    return j, source, float(np.mean(j * length / side - source))
+
+
 @needs_weights
-def test_paper_input_path_nearest_150_and_bgr(golden, aligners):
+@pytest.mark.parametrize("index", [11, 12])
+def test_paper_input_path_nearest_150_maps_points_back_to_the_pixels_the_resize_read(golden, index):
     """detect_size=150 resizes as the paper code's `interpolate(imgs, 150)`: a 1024 image whose legacy-nearest
-    150 px version is golden image 11 gives image 11's detections, mapped to 1024 pixels."""
+    150 px version is golden image 11 (12) gives that image's facenet-pytorch detections, mapped to the 1024
+    pixels the resize read. The mapping is worked here from the pixel correspondences (not from the aligner's
+    formula); leaving out the half-pixel correction (p * 1024 / 150) misses it by 0.49 px."""
     images, reference = golden
-    small = torch.from_numpy(images["img_11"]).permute(2, 0, 1)[None]
+    small = torch.from_numpy(images[f"img_{index:02d}"]).permute(2, 0, 1)[None]
     source = torch.clamp(torch.ceil(torch.arange(1024) * 150 / 1024).long(), max=149)
     large = small[:, :, source][:, :, :, source]
     assert torch.equal(F.interpolate(large.float(), size=(150, 150), mode="nearest").byte(), small)
-    paper = MTCNNAligner(detect_size=150)
-    points, found = paper.landmarks(large)
+    points, found = MTCNNAligner(detect_size=150).landmarks(large)
     assert found.tolist() == [True]
-    assert np.abs(points[0].numpy() - reference["img_11_minface60_landmarks"][0] * 1024 / 150).max() < 1.0
+    detected = reference[f"img_{index:02d}_minface60_landmarks"][0].astype(np.float64)  # facenet-pytorch, 150 px
+    j, read, below = _nearest_150_correspondence(1024)
+    assert below == pytest.approx(0.49333, abs=1e-5)
+    ours = points[0].numpy().astype(np.float64)
+    assert np.abs(ours - (detected * 1024 / 150 - below)).max() < 2e-3  # the fitted line, to float32 and golden precision
+    piecewise = np.interp(detected, j, read)  # between the pixel centres the resize read
+    assert np.abs(ours - piecewise).max() < 0.5  # the line's largest gap to the correspondences is 0.4933 px
+
+
+@needs_weights
+def test_bgr_feeds_the_detector_flipped_channels(aligners, golden):
+    images, _ = golden
     image = _batch(images["img_01"])
     bgr = MTCNNAligner(channel_order="bgr").detect(image)
     _assert_matches(aligners[60].detect(image.flip(1)), {f"x_{k}": getattr(bgr, k).numpy() for k in ("boxes", "probs")}
@@ -156,6 +179,9 @@ def test_settings_are_refused_before_weights_load_and_missing_weights_say_how_to
     with pytest.raises(ConfigError, match="channel_order"):
         check_mtcnn_settings(channel_order="rbg", weights=tmp_path / "absent")
     assert check_mtcnn_settings(min_face_size=60, detect_size=150) == mtcnn_weights_dir()
+    assert check_mtcnn_settings(detect_size=12) == mtcnn_weights_dir()  # the smallest PNet input is accepted
+    with pytest.raises(ConfigError, match="detect_size must be null or >= 12 pixels, got 11"):
+        check_mtcnn_settings(detect_size=11)
     (tmp_path / "pnet.pt").write_bytes(b"not a state dict")
     (tmp_path / "rnet.pt").write_bytes(b"")
     (tmp_path / "onet.pt").write_bytes(b"")

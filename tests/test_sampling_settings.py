@@ -106,3 +106,22 @@ def test_pose_variation_settings_are_checked_before_any_network(overrides, words
     with pytest.raises(ConfigError) as error:
         validate_config(cfg)
     assert str(error.value).startswith(words) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("settings, words", [
+    ({"seed": -1}, "sampling.seed must be an integer >= 0, got -1"),
+    ({"seed": 1.0}, "sampling.seed must be an integer"),
+    ({"per_class": 0}, "sampling.per_class must be an integer >= 1"),
+    ({"max_off": float("nan")}, "must be finite numbers"),
+    ({"max_off": float("inf")}, "must be finite numbers"),
+    ({"min_off": True}, "must be finite numbers"),
+    ({"min_off": -0.5}, "need 0 <= sampling.min_off"),
+    ({"min_off": 31.0}, "need 0 <= sampling.min_off <= sampling.max_off"),
+    ({"both_sides": 1}, "sampling.both_sides must be true or false"),
+])
+def test_the_offset_spec_refuses_on_its_own_what_the_config_check_refuses(settings, words):
+    """OffsetSpec is built outside validate_config too (the offset study, the generate stage's tests): its own
+    rules, without the settings table in front of them."""
+    with pytest.raises(ConfigError, match=words.replace("[", r"\[")):
+        OffsetSpec(**settings)
+    assert OffsetSpec(seed=0, min_off=0.0, max_off=0.0).max_off == 0.0

@@ -1,24 +1,32 @@
 """Every impossible setting ends `python -m exfacegan.run` (and the trainer, and the CLI) before any network is
 built: exit status 2, exactly one stderr line `exfacegan: error: ...` naming the setting, no stage folder.
 
-Most cases run in-process through the same entry function as the command line (`exfacegan.run.main` on
-sys.argv), with `Components._network` replaced by a function that fails the test if any network is built; a few
-Hydra composition errors also run as real subprocesses.
+Most cases run in-process: the config is composed once per group selection (Hydra's compose API, module-scoped),
+each case's settings are parsed as Hydra parses command-line overrides and set on a copy, and the copy goes through
+the command line's own task function and error wrapper (`exfacegan.run.app` inside `run_hydra_app`), with
+`Components._network` replaced by a function that fails the test if any network is built. Hydra's composition
+errors run through `exfacegan.run.main` on sys.argv, and a few also as real subprocesses.
 """
 
+import copy
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException, InstantiationException
+from omegaconf import OmegaConf
 
 import exfacegan.app
 import exfacegan.cli.main
 import exfacegan.cli.report
+import exfacegan.config
 import exfacegan.run
-from exfacegan.cli.entry import report_errors, user_error
+from exfacegan.cli.entry import report_errors, run_hydra_app, user_error
 from exfacegan.errors import CheckpointError, ConfigError, DataError
 
 BASE = ["experiment=smoke", "logger=none", "cache_dir=null"]
@@ -149,6 +157,38 @@ def no_networks(monkeypatch):
     monkeypatch.setattr(exfacegan.app.Components, "_network", refuse)
 
 
+@pytest.fixture(scope="module")
+def composed():
+    """`composed(overrides)`: the config the command line would compose from BASE + overrides. Hydra composes once
+    per selection of config-group options; the other overrides are parsed as Hydra parses them and set on a copy."""
+    parser = OverridesParser.create()
+    selections = {}
+
+    def config(overrides: list[str]):
+        parsed = parser.parse_overrides([*BASE, *overrides])
+        groups = tuple(o.input_line for o in parsed if (exfacegan.run.CONFIG_DIR / o.key_or_group.split("@")[0]).is_dir())
+        if groups not in selections:  # Hydra is initialised only while composing: the command-line cases need it free
+            GlobalHydra.instance().clear()  # whatever an in-process command line left behind
+            with initialize_config_dir(config_dir=str(exfacegan.run.CONFIG_DIR), version_base="1.3"):
+                selections[groups] = compose("config", overrides=list(groups))
+        cfg = copy.deepcopy(selections[groups])
+        for override in parsed:
+            if override.input_line not in groups:
+                OmegaConf.update(cfg, override.key_or_group, override.value(), merge=False)
+        return cfg
+
+    exfacegan.config.register_resolvers()
+    return config
+
+
+def run_composed(cfg, capsys) -> tuple[object, list[str]]:
+    """Exit status and stderr lines of the command line's task function on `cfg`, inside its error wrapper."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stopped:
+        run_hydra_app(lambda: exfacegan.run.app(cfg))
+    return stopped.value.code, capsys.readouterr().err.splitlines()
+
+
 def run_in_process(argv: list[str], monkeypatch, capsys) -> tuple[object, list[str]]:
     """Exit status and stderr lines of `python -m exfacegan.run <argv>`, run in this process."""
     monkeypatch.setattr(sys, "argv", ["run.py", *argv])
@@ -172,27 +212,27 @@ def assert_no_stage(run: Path) -> None:
 
 
 @pytest.mark.parametrize("overrides", list(CASES))
-def test_refused_before_any_network_in_one_line(overrides, tmp_path, monkeypatch, capsys, no_networks):
+def test_refused_before_any_network_in_one_line(overrides, composed, tmp_path, capsys, no_networks):
     run = tmp_path / "run"
-    status, lines = run_in_process([*BASE, f"run_dir={run}", *overrides.split()], monkeypatch, capsys)
+    status, lines = run_composed(composed([f"run_dir={run}", *overrides.split()]), capsys)
     assert_one_line(status, lines, CASES[overrides])
     assert_no_stage(run)
 
 
 @pytest.mark.parametrize("key", ["run_dir", "cache_dir"])
-def test_a_folder_setting_naming_an_existing_file_is_refused(key, tmp_path, monkeypatch, capsys, no_networks):
+def test_a_folder_setting_naming_an_existing_file_is_refused(key, composed, tmp_path, capsys, no_networks):
     existing = tmp_path / "a_file"
     existing.write_text("not a folder")
     settings = {"run_dir": str(tmp_path / "run"), "cache_dir": "null", key: str(existing)}
-    status, lines = run_in_process([*BASE[:2], *(f"{k}={v}" for k, v in settings.items())], monkeypatch, capsys)
+    status, lines = run_composed(composed([f"{k}={v}" for k, v in settings.items()]), capsys)
     assert_one_line(status, lines, str(existing))
     assert existing.read_text() == "not a folder"
 
 
-def test_a_single_stage_name_is_a_one_element_list(tmp_path, monkeypatch, capsys, no_networks):
+def test_a_single_stage_name_is_a_one_element_list(composed, tmp_path, capsys, no_networks):
     """`stages=label` runs the label stage only (which then misses its sample stage), not the letters l, a, b..."""
     run = tmp_path / "run"
-    status, lines = run_in_process([*BASE, f"run_dir={run}", "stages=label"], monkeypatch, capsys)
+    status, lines = run_composed(composed([f"run_dir={run}", "stages=label"]), capsys)
     assert_one_line(status, lines, "no finished 'sample' stage")
     assert_no_stage(run)
 

@@ -141,14 +141,14 @@ def run_label(cfg: DictConfig, run: RunDirectory, out: Path, parts: Components, 
 
     run.require("sample")
     sizes = run_artifacts.config_sizes(cfg)
-    sample_dir = run.root / "sample"
     found = run_artifacts.sample_latents(run.root, sizes)["found"]
+    embeddings = run_artifacts.sample_embeddings(run.root, sizes)
     artifacts = label(
-        out, run_artifacts.sample_embeddings(run.root, sizes), found,
+        out, embeddings, found,
         num_references=cfg.label.num_references, pool_size=cfg.label.get("pool_size"), threshold=cfg.label.threshold,
         margin=cfg.boundary.margin, chunk_size=cfg.label.chunk_size,
         max_similarity=OmegaConf.select(cfg, "references.max_similarity", default=None), device=parts.device,
-        **_real_bound(cfg, sample_dir, parts),
+        **_real_bound(cfg, embeddings, parts),
     )
     labels = np.load(artifacts.labels)["labels"]
     if (out / "stats.json").is_file():
@@ -160,7 +160,7 @@ def run_label(cfg: DictConfig, run: RunDirectory, out: Path, parts: Components, 
     }, "label")
 
 
-def _real_bound(cfg: DictConfig, sample_dir: Path, parts: Components) -> dict[str, Any]:
+def _real_bound(cfg: DictConfig, embeddings: np.ndarray, parts: Components) -> dict[str, Any]:
     """references.max_real_similarity: each sampled code's nearest real identity in references.real_gallery, by
     the run's embedder (the gallery embedded once and cached, as `exfacegan audit` does)."""
     bound = OmegaConf.select(cfg, "references.max_real_similarity", default=None)
@@ -172,7 +172,6 @@ def _real_bound(cfg: DictConfig, sample_dir: Path, parts: Components) -> dict[st
 
     gallery = load_gallery(cfg.references.real_gallery, parts.embedder, cache_dir=cache_dir() / "audit",
                            batch_size=cfg.sample.batch_size, device=parts.device)
-    embeddings = np.load(sample_dir / "embeddings.npy")
     return {"max_real_similarity": float(bound),
             "real_similarity": nearest(embeddings, gallery.embeddings, device=parts.device).score}
 
