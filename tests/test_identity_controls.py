@@ -118,7 +118,8 @@ def test_a_cross_bound_without_a_second_side_stops_the_app_with_exit_2(tmp_path)
 def test_exfacegan_plus_is_the_paper_run_plus_the_controls(tmp_path):
     plus, paper = (_compose(f"experiment={name}", f"run_dir={tmp_path}") for name in ("exfacegan_plus", "paper_sg2"))
     differing = {key for key in plus if plus[key] != paper[key]}
-    assert differing == {"references", "filter"}
+    assert differing == {"references", "filter", "sampling"}
+    assert plus.sampling.pose.yaw_range == [-45, 45] and {**plus.sampling, "pose": None} == {**paper.sampling, "pose": None}
     assert plus.references.max_similarity == 0.4 and plus.label.num_references == 5000
     assert IdentityFilterSpec.from_config(plus) == IdentityFilterSpec(0.4, 0.3)
 

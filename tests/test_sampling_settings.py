@@ -80,6 +80,34 @@ def test_truncating_at_sampling_needs_one_w_for_every_layer(tmp_path):
         validate_config(cfg)
 
 
+@pytest.mark.parametrize("overrides, words", [
+    (["sampling.pose.yaw_range=[-30,30]"], "sampling.pose needs an aligner that finds facial landmarks (align=mtcnn"),
+    (["align=mtcnn", "sampling.pose.yaw_range=[-30,30]"], None),
+    (["align=dlib", "sampling.pose.yaw_range=[-30,30]"], None),
+    (["align=mtcnn", "align@label_align=none", "sampling.pose.yaw_range=[-30,30]"],
+     "sampling.pose needs an aligner that finds facial landmarks (label_align=mtcnn"),
+    (["align=mtcnn", "sampling.pose.yaw_range=[30,-30]"], "sampling.pose.yaw_range needs -90 <= low < high <= 90"),
+    (["align=mtcnn", "sampling.pose.yaw_range=[-100,30]"], "sampling.pose.yaw_range needs -90 <= low < high <= 90"),
+    (["align=mtcnn", "sampling.pose.yaw_range=[10,10]"], "sampling.pose.yaw_range needs -90 <= low < high <= 90"),
+    (["align=mtcnn", "sampling.pose.yaw_range=[-30]"], "sampling.pose.yaw_range must be null or [low, high]"),
+    (["align=mtcnn", "sampling.pose.yaw_range=wide"], "sampling.pose.yaw_range must be null or [low, high]"),
+    (["align=mtcnn", "+sampling.pose.pitch_range=[-5,5]"], "unknown setting sampling.pose.pitch_range"),
+    (["gan=gan_control_small", "sampling.pose.yaw_range=[-30,30]"], None),  # the controller: no landmarks needed
+    (["gan=gan_control_small", "sampling.pose.yaw_range=[-30.5,30]"],
+     "with gan=gan_control sampling.pose.yaw_range is the orientation controller's yaw range and takes whole degrees"),
+    (["gan=gan_control_small", "sampling.pose.yaw_range=[-30,95]"], "sampling.pose.yaw_range needs -90 <= low < high"),
+])
+def test_pose_variation_settings_are_checked_before_any_network(overrides, words, tmp_path):
+    cfg = _compose(*overrides, f"run_dir={tmp_path}")
+    if words is None:
+        validate_config(cfg)
+        assert GenerateSpec.from_config(cfg).offsets.pose.yaw_range == (-30.0, 30.0)
+        return
+    with pytest.raises(ConfigError) as error:
+        validate_config(cfg)
+    assert str(error.value).startswith(words) and "\n" not in str(error.value)
+
+
 @pytest.mark.parametrize("settings, words", [
     ({"seed": -1}, "sampling.seed must be an integer >= 0, got -1"),
     ({"seed": 1.0}, "sampling.seed must be an integer"),

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from exfacegan.config import validate_config
 from exfacegan.data import run_artifacts
-from exfacegan.data.artifacts import save_json, save_text
+from exfacegan.data.artifacts import load_json, save_json, save_text
 from exfacegan.devices import resolve_device
 from exfacegan.gans.latent import Truncation
 from exfacegan.loggers import build_logger
@@ -64,7 +64,10 @@ def stage_fingerprints(cfg: DictConfig) -> dict[str, str]:
     controls_label, controls_generate = identity_controls_payload(cfg)
     label = fingerprint({"up": sample, "label": _stable(cfg.label), "margin": margin, **controls_label})
     fit = fingerprint({"up": label, "boundary": boundary, **_stable(cfg.fit)})
-    generate = fingerprint({"up": fit, "gan": gan, "align": _stable(cfg.align), "sampling": _stable(cfg.sampling), "dataset": _stable(cfg.dataset), **_stable(controls_generate)})
+    sampling = _stable(cfg.sampling)
+    if (sampling.get("pose") or {}).get("yaw_range") is None:  # off: the fingerprint of runs from before the setting
+        sampling.pop("pose", None)
+    generate = fingerprint({"up": fit, "gan": gan, "align": _stable(cfg.align), "sampling": sampling, "dataset": _stable(cfg.dataset), **_stable(controls_generate)})
     analyze = fingerprint({"up": generate, "analyze": _stable(cfg.analyze), "embedder": _stable(cfg.embedder)})
     return {"sample": sample, "label": label, "fit": fit, "generate": generate, "merge": generate, "analyze": analyze}
 
@@ -200,8 +203,14 @@ def run_fit(cfg: DictConfig, run: RunDirectory, out: Path, parts: Components, lo
     if "device" in options:
         options["device"] = str(parts.device) if options["device"] == "auto" else options["device"]
     pairing = cfg.fit.get("pairing", "reference")
+    poses = run_artifacts.sample_poses(run.root, sizes)
     artifacts = fit(out, latents, labelled["labels"], labelled["references"], solver=solver,
-                    references_per_chunk=cfg.fit.references_per_chunk, pairing=pairing, **options)
+                    references_per_chunk=cfg.fit.references_per_chunk, pairing=pairing, poses=poses, **options)
+    if artifacts.pose_direction is not None:
+        with np.load(artifacts.pose_direction) as pose:
+            log.info("yaw direction in w: R² %.3f (in-sample) over %d codes with a pose", pose["r2"], pose["count"])
+            logger.log_metrics({"pose_direction_r2": float(pose["r2"]), "pose_direction_codes": int(pose["count"])},
+                               "fit")
     result = np.load(artifacts.boundaries)
     valid = result["valid"]
     moved = int((result["paired_codes"] != result["references"]).sum())
@@ -225,18 +234,34 @@ def run_generate(cfg: DictConfig, run: RunDirectory, out: Path, parts: Component
     filter_spec = IdentityFilterSpec.from_config(cfg)
     accept = identity_filter_tests(filter_spec, parts.filter_judge, parts.generator, parts.aligner, latents, normals,
                                    spec, parts.device) if filter_spec.active else []
+    pose = None
+    if spec.offsets.pose.active and not hasattr(parts.generator, "attribute_ranges"):  # GAN-Control: its controller
+        from exfacegan.stages.pose_direction import POSE_DIRECTION_FILE, load_pose_shift
+
+        pose = load_pose_shift(run.root / "fit" / POSE_DIRECTION_FILE, len(normals), normals.shape[1])
     artifacts = generate(out, parts.generator, parts.aligner, reference_latents=latents, normals=normals,
-                         valid=boundaries["valid"], spec=spec, accept=accept, device=parts.device)
+                         valid=boundaries["valid"], spec=spec, accept=accept, device=parts.device, pose=pose)
     if artifacts is not None:
+        _record_pose_targets(out, spec, parts)
         _log_generate_stats(artifacts.stats, logger)
     return artifacts is not None
 
 
 def run_merge(cfg: DictConfig, run: RunDirectory, out: Path, parts: Components, logger: Any) -> bool:
-    from exfacegan.stages.generate import finalize
+    from exfacegan.stages.generate import GenerateSpec, finalize
 
-    _log_generate_stats(finalize(out).stats, logger)
+    artifacts = finalize(out)
+    _record_pose_targets(out, GenerateSpec.from_config(cfg), parts)
+    _log_generate_stats(artifacts.stats, logger)
     return True
+
+
+def _record_pose_targets(out: Path, spec: Any, parts: Components) -> None:
+    if spec.offsets.pose.active:
+        from exfacegan.stages.generate import is_controlled
+        from exfacegan.stages.pose_targets import record_pose_targets
+
+        record_pose_targets(out, spec.offsets, is_controlled(parts.generator))
 
 
 def _log_generate_stats(stats_path: Path, logger: Any) -> None:

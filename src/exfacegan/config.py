@@ -283,6 +283,31 @@ def _check_relations(cfg: DictConfig) -> None:
         path = cfg.get(key)
         if path and Path(path).exists() and not Path(path).is_dir():
             raise ConfigError(f"{key}={path} is an existing file, not a folder")
+    _check_pose_variation(cfg)
+
+
+LANDMARK_ALIGNERS = ("MTCNNAligner", "DlibAligner")
+
+
+def _check_pose_variation(cfg: DictConfig) -> None:
+    """sampling.pose: GAN-Control's orientation controller takes the range as its yaw range (whole degrees); a
+    StyleGAN backbone needs a sample-stage aligner with landmarks (the yaw direction is learnt from the sampled
+    faces' pose)."""
+    yaw_range = OmegaConf.select(cfg, "sampling.pose.yaw_range", default=None)
+    if yaw_range is None:
+        return
+    gan = " ".join(str(OmegaConf.select(cfg, f"gan.{key}._target_", default="")) for key in ("network", "small"))
+    if "gan_control" in gan:
+        whole = [isinstance(v, (int, float)) and not isinstance(v, bool) and float(v).is_integer() for v in yaw_range]
+        if not all(whole):
+            raise ConfigError(f"with gan=gan_control sampling.pose.yaw_range is the orientation controller's yaw range "
+                              f"and takes whole degrees, got {list(yaw_range)}")
+        return
+    key = "label_align" if cfg.get("label_align") is not None else "align"
+    target = str(OmegaConf.select(cfg, f"{key}._target_", default=""))
+    if not target.endswith(LANDMARK_ALIGNERS):
+        raise ConfigError(f"sampling.pose needs an aligner that finds facial landmarks ({key}=mtcnn or {key}=dlib) "
+                          f"to learn the yaw direction from the sampled faces; {key} is {target.rsplit('.', 1)[-1]}")
 
 
 def _typed_options(spec: type, values: dict[str, Any], prefix: str) -> dict[str, Any]:

@@ -37,6 +37,7 @@ class Array:
 LATENTS = {"z": Array(("N", None), "f", True), "w": Array(("N", "w_dim"), "f", True),
            "seeds": Array(("N",), "iu"), "found": Array(("N",), "b")}
 EMBEDDINGS = Array(("N", None), "f", True)
+POSES = Array(("N", 3), "f")  # NaN where no face or no landmarks
 LABELS = {"labels": Array(("R", "N"), "i"), "references": Array(("R",), "iu")}
 BOUNDARIES = {"normals": Array(("R", "w_dim"), "f", True), "intercepts": Array(("R",), "f"),
               "val_accuracy": Array(("R",), "f"), "train_accuracy": Array(("R",), "f"), "valid": Array(("R",), "b"),
@@ -137,6 +138,12 @@ def sample_latents(run_dir: Path, sizes: dict[str, int]) -> dict[str, np.ndarray
 
 def sample_embeddings(run_dir: Path, sizes: dict[str, int]) -> np.ndarray:
     return read_array(run_dir / "sample" / "embeddings.npy", "sample", "embeddings", EMBEDDINGS, sizes)
+
+
+def sample_poses(run_dir: Path, sizes: dict[str, int]) -> np.ndarray | None:
+    """The sample stage's head poses [N, 3] (yaw, pitch, roll), or None for a sample folder from before poses."""
+    path = run_dir / "sample" / "poses.npy"
+    return read_array(path, "sample", "poses", POSES, sizes) if path.is_file() else None
 
 
 def labels(run_dir: Path, sizes: dict[str, int]) -> dict[str, np.ndarray]:

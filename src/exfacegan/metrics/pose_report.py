@@ -29,7 +29,7 @@ def pose_metrics(manifest_path: Path) -> dict[str, Any]:
     poses, classes = read_poses(manifest_path)
     posed = np.isfinite(poses).all(1)
     if not posed.any():
-        return {"pose_faces": 0} if len(poses) else {}
+        return {"pose_faces": 0, **target_metrics(manifest_path)} if len(poses) else {}
     poses, classes = poses[posed], classes[posed]
     metrics: dict[str, Any] = {"pose_faces": int(posed.sum())}
     for name, values in zip(POSE_COLUMNS, poses.T):
@@ -39,7 +39,23 @@ def pose_metrics(manifest_path: Path) -> dict[str, Any]:
         values = np.array(list(spread.values()))
         metrics.update({"yaw_spread_class_min": float(values.min()), "yaw_spread_class_median": float(np.median(values)),
                         "yaw_spread_class_max": float(values.max()), "yaw_spread_per_class": spread})
-    return metrics
+    return {**metrics, **target_metrics(manifest_path)}
+
+
+def target_metrics(manifest_path: Path) -> dict[str, Any]:
+    """With pose variation (`pose_targets.npz` beside the manifest): the targeted yaw's spread per class, to set
+    against the measured one; {} without it."""
+    path = Path(manifest_path).parent / "pose_targets.npz"
+    if not path.is_file():
+        return {}
+    with np.load(path, allow_pickle=False) as saved:
+        targets, classes = saved["target_yaw"].astype(np.float64), saved["class"].astype(np.int64)
+    steered = np.isfinite(targets)
+    spread = yaw_spread_per_class(targets[steered], classes[steered])
+    if not spread:
+        return {}
+    return {"target_yaw_spread_class_median": float(np.median(list(spread.values()))),
+            "target_yaw_spread_per_class": spread}
 
 
 def yaw_spread_per_class(yaw: np.ndarray, classes: np.ndarray) -> dict[str, float]:

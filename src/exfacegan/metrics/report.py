@@ -157,6 +157,7 @@ def _pose_section(metrics: Mapping[str, Any], figures: Mapping[str, Figure]) -> 
         ("pitch mean", "pitch_mean"), ("pitch std", "pitch_std"), ("roll mean", "roll_mean"), ("roll std", "roll_std"),
         ("yaw spread per identity: lowest", "yaw_spread_class_min"), ("median", "yaw_spread_class_median"),
         ("highest", "yaw_spread_class_max"),
+        ("targeted yaw spread per identity (sampling.pose): median", "target_yaw_spread_class_median"),
     ]) + f"</div><div>{_figure(figures.get('yaw_spread_histogram'))}</div></div>"
         + _figure(figures.get("pose_histogram"))
         + '<p class="note">Degrees, from the aligner\'s five landmarks (exfacegan.align.pose); each identity\'s '

@@ -13,11 +13,13 @@ from exfacegan.boundary import fit_boundaries
 from exfacegan.data.artifacts import save_npz
 from exfacegan.errors import ConfigError, DataError
 from exfacegan.pipeline import ChunkStore
+from exfacegan.stages.pose_direction import POSE_DIRECTION_FILE, fit_yaw_direction, pose_shift, save_pose_direction
 
 
 @dataclass(frozen=True)
 class FitArtifacts:
     boundaries: Path  # normals [R, d], intercepts, val_accuracy, train_accuracy, valid, references
+    pose_direction: Path | None = None  # the yaw direction (see stages.pose_direction); None without poses
 
 
 def fit(
@@ -30,6 +32,7 @@ def fit(
     references_per_chunk: int = 1024,
     progress: bool = True,
     pairing: str = "reference",
+    poses: np.ndarray | None = None,
     **options: Any,
 ) -> FitArtifacts:
     """Write `boundaries.npz` into `out_dir`.
@@ -42,6 +45,9 @@ def fit(
     reference's; `position` code r for boundary r, as the paper code's `create_dataset.py` pairs them (it loads the
     latent named by the boundary's number, which is the reference's position among the images with a face, not
     the image's number), so after the first code without a face boundaries move other codes than their own.
+
+    `poses` (the sample stage's [N, 3] yaw, pitch, roll): with at least two finite yaws, also write
+    `pose_direction.npz`, the yaw direction in w orthogonalised per boundary (`stages.pose_direction`).
     """
     paired = paired_codes(references, len(latents), pairing)
     if labels.shape != (len(references), len(latents)):
@@ -73,6 +79,11 @@ def fit(
             "the labelled codes are similar; choose another label.threshold (or a smaller boundary.margin)"
         )
     artifacts = FitArtifacts(out_dir / "boundaries.npz")
+    if poses is not None and np.isfinite(poses[:, 0]).sum() >= 2:
+        model = fit_yaw_direction(latents, poses[:, 0])
+        shift = pose_shift(model, result["normals"], latents[paired], poses[paired, 0])
+        artifacts = FitArtifacts(artifacts.boundaries, out_dir / POSE_DIRECTION_FILE)
+        save_pose_direction(artifacts.pose_direction, model, shift)
     save_npz(
         artifacts.boundaries,
         normals=result["normals"], intercepts=result["intercepts"], val_accuracy=result["val_accuracy"],

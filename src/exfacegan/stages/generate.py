@@ -23,7 +23,8 @@ from __future__ import annotations
 import csv
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -41,6 +42,7 @@ from exfacegan.errors import ConfigError, DataError
 from exfacegan.align.pose import POSE_COLUMNS, align_with_points, head_pose
 from exfacegan.gans.latent import Truncation, synthesize, to_uint8
 from exfacegan.stages.offsets import REFERENCE_ATTEMPT, SIDES, Draw, OffsetSpec, draw_codes, first_draws
+from exfacegan.stages.pose_direction import PoseShift
 from exfacegan.weights import sha256_of
 
 log = logging.getLogger(__name__)
@@ -118,10 +120,12 @@ def generate(
     spec: GenerateSpec = GenerateSpec(),
     accept: Sequence[Acceptance] = (),
     device: str | torch.device = "cpu",
+    pose: PoseShift | None = None,
 ) -> GenerateArtifacts | None:
     """Write this shard's identities into `out_dir/dataset`; unsharded, finish the stage and return its artifacts.
 
     Completed chunks are recorded in `out_dir/progress`, so a killed call resumes without redoing them.
+    `pose`: the per-reference yaw directions `spec.offsets.pose` needs (see `stages.offsets.draw_codes`).
     """
     valid = _check_boundaries(generator, reference_latents, normals, valid)
     out_dir = Path(out_dir)
@@ -135,7 +139,7 @@ def generate(
             _write_rows(record, render_chunk(out_dir / "dataset", generator, aligner,
                                              reference_latents=reference_latents, normals=normals,
                                              references=chunk_references(start, per_chunk, valid), spec=spec,
-                                             accept=accept, device=device))
+                                             accept=accept, device=device, pose=pose))
     if spec.num_shards > 1:
         log.info("shard %d/%d done; run the merge stage once every shard has finished", spec.shard, spec.num_shards)
         return None
@@ -150,11 +154,11 @@ def chunk_references(start: int, per_chunk: int, valid: np.ndarray) -> np.ndarra
 
 def render_chunk(dataset: Path, generator: nn.Module, aligner: nn.Module, *, reference_latents: np.ndarray,
                  normals: np.ndarray, references: np.ndarray, spec: GenerateSpec, accept: Sequence[Acceptance] = (),
-                 device: str | torch.device = "cpu") -> list[dict]:
+                 device: str | torch.device = "cpu", pose: PoseShift | None = None) -> list[dict]:
     """Every class of one chunk's references rendered, tested and written under `dataset` exactly as the generate
     stage does it (same batches, same re-draws); returns its manifest rows. The generate stage calls it for each
     chunk, `exfacegan verify --regenerate` for the chunks of the classes it checks."""
-    render = _Renderer(dataset, generator, aligner, reference_latents, normals, spec, accept, device)
+    render = _Renderer(dataset, generator, aligner, reference_latents, normals, spec, accept, device, pose)
     return _fill_classes(references, spec, render)
 
 
@@ -198,13 +202,16 @@ class _Renderer:
     writes the kept faces to their slots under `dataset`."""
 
     def __init__(self, dataset: Path, generator: nn.Module, aligner: nn.Module, latents: np.ndarray,
-                 normals: np.ndarray, spec: GenerateSpec, accept: Sequence[Acceptance], device: Any) -> None:
-        self.dataset, self.generator, self.aligner = dataset, generator, aligner
+                 normals: np.ndarray, spec: GenerateSpec, accept: Sequence[Acceptance], device: Any,
+                 pose: PoseShift | None = None) -> None:
+        if spec.offsets.pose.active and pose is None and not is_controlled(generator):
+            raise DataError("sampling.pose.yaw_range is set but no yaw direction was given; rerun the fit stage")
+        self.dataset, self.generator, self.aligner, self.pose = dataset, generator, aligner, pose
         self.latents, self.normals, self.spec, self.accept, self.device = latents, normals, spec, accept, device
 
     def __call__(self, draws: list[Draw]) -> list[tuple[bool, str, str, np.ndarray]]:
         spec = self.spec
-        codes, attribute_seeds = draw_codes(draws, self.latents, self.normals, spec.offsets)
+        codes, attribute_seeds = draw_codes(draws, self.latents, self.normals, spec.offsets, self.pose)
         faces, found, poses = render_posed_faces(self.generator, self.aligner, codes, attribute_seeds, spec,
                                                  self.device)
         rejected = _rejections(faces, found, draws, self.accept)
@@ -230,10 +237,34 @@ def render_faces(generator: nn.Module, aligner: nn.Module, codes: np.ndarray, at
 def render_posed_faces(generator: nn.Module, aligner: nn.Module, codes: np.ndarray, attribute_seeds: np.ndarray,
                        spec: GenerateSpec, device: Any) -> tuple[torch.Tensor, list[bool], np.ndarray]:
     """`render_faces` and each face's head pose [M, 3] (yaw, pitch, roll; NaN without landmarks)."""
-    images = synthesize(generator, torch.from_numpy(codes).to(device), truncation=spec.truncation,
-                        noise_mode=spec.noise_mode, seeds=torch.from_numpy(attribute_seeds), precision=spec.precision)
+    with controller_yaw(generator, spec.offsets.pose.yaw_range):
+        images = synthesize(generator, torch.from_numpy(codes).to(device), truncation=spec.truncation,
+                            noise_mode=spec.noise_mode, seeds=torch.from_numpy(attribute_seeds),
+                            precision=spec.precision)
     faces, found, points = align_with_points(aligner, images)
     return to_uint8(faces), found.bool().cpu().tolist(), head_pose(points, found)
+
+
+def is_controlled(generator: nn.Module) -> bool:
+    """Whether the generator sets each image's pose itself (GAN-Control's attribute controllers)."""
+    return hasattr(generator, "attribute_ranges")
+
+
+@contextmanager
+def controller_yaw(generator: nn.Module, yaw_range: tuple[float, float] | None) -> Iterator[None]:
+    """For GAN-Control with `sampling.pose`, the orientation controller draws its yaw from `yaw_range` (whole
+    degrees, both ends included) while rendering; other generators, or no range, are left as they are."""
+    if yaw_range is None or not is_controlled(generator):
+        yield
+        return
+    from dataclasses import replace as with_field
+
+    before = generator.attribute_ranges
+    generator.attribute_ranges = with_field(before, yaw=(int(yaw_range[0]), int(yaw_range[1])))
+    try:
+        yield
+    finally:
+        generator.attribute_ranges = before
 
 
 def _rejections(faces: torch.Tensor, found: list[bool], draws: list[Draw], accept: Sequence[Acceptance]) -> list[str]:

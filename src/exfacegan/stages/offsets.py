@@ -12,6 +12,12 @@ interruptions. Offsets use stream 0 on both sides when `mirror` (the paper code:
 gets `w - u ⊙ n` and class 2r+1 `w + u ⊙ n`), else stream `side`; GAN-Control's random attributes use
 stream 2 + side (the sides of a mirrored pair keep their own attributes). Image slot k of a class first
 renders draw t = k. With `include_reference`, slot 0 of class 2r is the reference itself (u = 0, attempt -1).
+
+Pose variation (`sampling.pose.yaw_range=[low, high]`, off by default) draws a target yaw per draw from stream
+4 + side, U(low, high), and adds (target − the reference's own yaw) · d_r, d_r the reference's yaw direction
+orthogonal to its normal (`exfacegan.stages.pose_direction`); the reference itself (attempt -1) is not moved.
+GAN-Control sets each image's pose through its orientation controller instead: there the range replaces the
+controller's yaw range (-50..50) and no code is moved (`exfacegan.stages.generate.controller_yaw`).
 """
 
 from __future__ import annotations
@@ -21,10 +27,36 @@ from dataclasses import dataclass
 import numpy as np
 
 from exfacegan.errors import ConfigError
+from exfacegan.stages.pose_direction import PoseShift
 
 SIDES = ("same", "other")
 NO_FACE_POLICIES = ("redraw", "drop")
 REFERENCE_ATTEMPT = -1
+POSE_STREAM = 4  # + side
+MAX_YAW = 90.0
+
+
+@dataclass(frozen=True)
+class PoseSpec:
+    """`yaw_range`: the targeted yaw in degrees, [low, high] inside [-90, 90]; None: no pose variation."""
+
+    yaw_range: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        value = self.yaw_range
+        if value is None:
+            return
+        if (not isinstance(value, (list, tuple)) or len(value) != 2 or any(
+                isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) for v in value)):
+            raise ConfigError(f"sampling.pose.yaw_range must be null or [low, high] in degrees, got {value!r}")
+        low, high = float(value[0]), float(value[1])
+        if not -MAX_YAW <= low < high <= MAX_YAW:
+            raise ConfigError(f"sampling.pose.yaw_range needs -90 <= low < high <= 90, got [{low}, {high}]")
+        object.__setattr__(self, "yaw_range", (low, high))
+
+    @property
+    def active(self) -> bool:
+        return self.yaw_range is not None
 
 
 @dataclass(frozen=True)
@@ -38,8 +70,16 @@ class OffsetSpec:
     on_no_face: str = "redraw"  # redraw: the slot takes the class's next draw; drop: the paper (fewer images)
     max_attempts: int | None = None  # renders per class with redraw; None: 3 x per_class
     seed: int = 0
+    pose: PoseSpec | dict | None = None  # a dict from the config becomes a PoseSpec
 
     def __post_init__(self) -> None:
+        if not isinstance(self.pose, PoseSpec):
+            if self.pose is not None and not isinstance(self.pose, dict):
+                raise ConfigError(f"sampling.pose must hold yaw_range, got {self.pose!r}")
+            unknown = sorted(set(self.pose or {}) - {"yaw_range"})
+            if unknown:
+                raise ConfigError(f"unknown setting sampling.pose.{unknown[0]}; sampling.pose holds yaw_range")
+            object.__setattr__(self, "pose", PoseSpec(**(self.pose or {})))
         _check_int("sampling.per_class", self.per_class, 1)
         _check_int("sampling.seed", self.seed, 0)
         bounds = (self.min_off, self.max_off)
@@ -100,13 +140,26 @@ def first_draws(references: np.ndarray, spec: OffsetSpec) -> list[Draw]:
     return draws
 
 
+def target_yaws(draws: list[Draw], spec: OffsetSpec) -> np.ndarray:
+    """float64 [M]: each draw's targeted yaw in degrees; NaN without pose variation and for the reference itself."""
+    targets = np.full(len(draws), np.nan)
+    if spec.pose.active:
+        for i, d in enumerate(draws):
+            if d.attempt != REFERENCE_ATTEMPT:
+                rng = draw_rng(spec.seed, d.reference, POSE_STREAM + d.side, d.attempt)
+                targets[i] = rng.uniform(*spec.pose.yaw_range)
+    return targets
+
+
 def draw_codes(
-    draws: list[Draw], reference_latents: np.ndarray, normals: np.ndarray, spec: OffsetSpec
+    draws: list[Draw], reference_latents: np.ndarray, normals: np.ndarray, spec: OffsetSpec,
+    pose: PoseShift | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """float32 codes [M, d] and int64 attribute seeds [M]; latents and normals are indexed by reference id."""
+    """float32 codes [M, d] and int64 attribute seeds [M]; latents, normals and `pose` are indexed by reference id.
+    With `spec.pose` active and `pose` given, each code also moves by (target yaw − the reference's yaw) along its
+    reference's yaw direction."""
     dim = reference_latents.shape[1]
     offsets = np.zeros((len(draws), dim))
-    attribute_seeds = np.empty(len(draws), np.int64)
     drawn: dict[tuple[int, int, int], np.ndarray] = {}  # mirrored sides share one u: draw it once
     for i, d in enumerate(draws):
         if d.attempt != REFERENCE_ATTEMPT:
@@ -114,8 +167,16 @@ def draw_codes(
             if key not in drawn:
                 drawn[key] = draw_rng(spec.seed, *key).uniform(spec.min_off, spec.max_off, dim)
             offsets[i] = drawn[key]
-        attribute_seeds[i] = draw_rng(spec.seed, d.reference, 2 + d.side, d.attempt).integers(2**62)
     refs = np.array([d.reference for d in draws], dtype=np.int64)
     signs = np.array([1.0 if d.side else -1.0 for d in draws])
     codes = reference_latents[refs] + signs[:, None] * offsets * normals[refs]
-    return codes.astype(np.float32), attribute_seeds
+    if spec.pose.active and pose is not None:
+        turn = np.nan_to_num(target_yaws(draws, spec) - pose.reference_yaw[refs])
+        codes = codes + turn[:, None] * pose.directions[refs]
+    return codes.astype(np.float32), attribute_seeds(draws, spec)
+
+
+def attribute_seeds(draws: list[Draw], spec: OffsetSpec) -> np.ndarray:
+    """int64 [M]: the seed of each draw's random attributes (GAN-Control's controllers), stream 2 + side."""
+    return np.array([draw_rng(spec.seed, d.reference, 2 + d.side, d.attempt).integers(2**62) for d in draws],
+                    dtype=np.int64).reshape(len(draws))

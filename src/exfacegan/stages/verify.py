@@ -278,6 +278,11 @@ def regenerate(plan: RegenerationPlan, listing: Listing, device: str) -> Regener
     latents, normals, valid = (plan.boundaries[key] for key in ("reference_latents", "normals", "valid"))
     generator = rebuild_network(cfg.gan.network, plan.config_path, device)
     aligner = rebuild_network(cfg.align, plan.config_path, device)
+    pose = None
+    if spec.offsets.pose.active and not hasattr(generator, "attribute_ranges"):  # GAN-Control: its controller
+        from exfacegan.stages.pose_direction import POSE_DIRECTION_FILE, load_pose_shift
+
+        pose = load_pose_shift(plan.run_dir / "fit" / POSE_DIRECTION_FILE, len(normals), normals.shape[1])
     accept = []
     if plan.filter_spec.active:
         judge_node = OmegaConf.select(cfg, "filter.judge.network", default=None) or cfg.embedder.network
@@ -292,7 +297,7 @@ def regenerate(plan: RegenerationPlan, listing: Listing, device: str) -> Regener
         rows = [row for start in tqdm(chunks, desc="regenerate", unit="chunk", file=sys.stderr, disable=None)
                 for row in render_chunk(Path(tmp), generator, aligner, reference_latents=latents, normals=normals,
                                         references=chunk_references(start, per_chunk, valid), spec=spec,
-                                        accept=accept, device=device)]
+                                        accept=accept, device=device, pose=pose)]
         rendered = _images_by_class(rows)
         for cls in chosen:
             why = _class_difference(rendered.get(cls, {}), expected.get(cls, {}), Path(tmp), listing.root,
