@@ -88,6 +88,7 @@ CASES = {
     "embedder=dlib embedder.network.num_jitters=-1": "embedder.network.num_jitters",
     "embedder=dlib embedder.network.padding=-0.5": "embedder.network.padding",
     "embedder@analyze.judge=iresnet_small analyze.judge.precision=half": "analyze.judge.precision",
+    "embedder@filter.judge=iresnet_small filter.judge.compile=yes": "filter.judge.compile",
     "align.template=arcface_shift9": "align.template",
     "align.size=0": "align.size",
     "align=dlib align.detector=cnn2": "align.detector",

@@ -152,6 +152,7 @@ SETTINGS: dict[str, Setting] = {
     "analyze.grid_images": COUNT,
     **{f"embedder.{key}": rule for key, rule in EMBEDDER.items()},
     **{f"analyze.judge.{key}": rule for key, rule in EMBEDDER.items()},
+    **{f"filter.judge.{key}": rule for key, rule in EMBEDDER.items()},
     **{f"align.{key}": rule for key, rule in ALIGN.items()},
     **{f"label_align.{key}": rule for key, rule in ALIGN.items()},
     "label.num_references": Setting(int, low=1, null=True),
