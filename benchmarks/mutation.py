@@ -35,9 +35,9 @@ MODULES: dict[str, list[str]] = {
     "stages/offsets.py": ["tests/test_sampling_settings.py", "tests/test_generate.py"],
     "label.py": ["tests/test_label.py", "tests/test_identity_controls.py"],
     "align/mtcnn.py": ["tests/test_mtcnn.py"],
-    "data/recordio.py": ["tests/test_recordio.py"],
+    "data/recordio.py": ["tests/test_recordio.py", "tests/test_recordio_hostile.py"],
     "train/evaluation.py": ["tests/test_train_heads_eval.py", "tests/test_bin_files.py"],
-    "embedders/onnx_ops.py": ["tests/test_onnx.py"],
+    "embedders/onnx_ops.py": ["tests/test_onnx.py", "tests/test_onnx_hostile.py"],
     "config.py": ["tests/test_config.py", "tests/test_settings_table.py"],
 }
 
