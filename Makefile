@@ -4,6 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CPU build of PyTorch; on a CUDA machine use e.g. `make install TORCH="torch --index-url https://download.pytorch.org/whl/cu124"`.
 TORCH ?= torch==2.13.0
+# Test processes (pytest-xdist; one test file per process at a time, so module fixtures are built once).
+TEST_WORKERS ?= 2
 
 .PHONY: install smoke test test-quick
 
@@ -23,7 +25,7 @@ smoke: install
 	$(PY) -m exfacegan.run experiment=smoke
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-quick: install
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile

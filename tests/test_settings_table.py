@@ -20,9 +20,11 @@ BASE = ["experiment=smoke", "logger=none", "cache_dir=null"]
 # Group options that hold the keys the default groups lack (dlib's aligner and embedder, a judge, W&B).
 SELECTIONS = {
     "smoke": [],
-    "dlib": ["embedder=dlib", "align=dlib", "align@label_align=dlib", "embedder@analyze.judge=dlib"],
+    "dlib": ["embedder=dlib", "align=dlib", "align@label_align=dlib", "embedder@analyze.judge=dlib",
+             "embedder@filter.judge=dlib"],
     "onnx": ["embedder=onnx", "embedder.path=arcface_r50_webface600k", "embedder@analyze.judge=onnx",
-             "analyze.judge.path=arcface_r50_webface600k"],
+             "analyze.judge.path=arcface_r50_webface600k", "embedder@filter.judge=onnx",
+             "filter.judge.path=arcface_r50_webface600k"],
 }
 # A value each setting's own check refuses, by check function (channel values: a number or three).
 REFUSED_BY_CHECK = {"_precision": "fp8", "_channels.<locals>.check": [1, 2], "_template": "arcface_shift9",
