@@ -87,17 +87,22 @@ def iter_table(root: Path, name: str, required: Sequence[str], *, max_rows: int 
         yield from _rows(handle, root / name, required, max_rows)
 
 
+def decode_text(data: bytes, where: str, kind: str) -> str:
+    """UTF-8 text without NUL bytes, else one DataError line naming `where` and what it is not (`kind`)."""
+    if b"\x00" in data:
+        raise DataError(f"{where} holds a NUL byte; not {kind}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"{where} is not UTF-8 text; not {kind}") from None
+
+
 def _rows(handle: BinaryIO, path: Path, required: Sequence[str], max_rows: int) -> Iterator[dict[str, str]]:
     header: list[str] | None = None
     for number, raw in enumerate(iter(lambda: handle.readline(MAX_LINE_BYTES + 1), b""), start=1):
         if len(raw) > MAX_LINE_BYTES:
             raise DataError(f"{path}: line {number} is longer than {MAX_LINE_BYTES} bytes; not a dataset table")
-        if b"\x00" in raw:
-            raise DataError(f"{path}: line {number} holds a NUL byte; not a dataset table")
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise DataError(f"{path}: line {number} is not UTF-8 text; not a dataset table") from None
+        text = decode_text(raw, f"{path}: line {number}", "a dataset table")
         fields = _split(text, path, number)
         if header is None:
             header = fields

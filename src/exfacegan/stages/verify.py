@@ -27,7 +27,8 @@ import numpy as np
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from exfacegan.data.manifest import REQUIRED_MANIFEST_FIELDS, SAMPLES_FIELDS, inside, iter_table, open_inside
+from exfacegan.data.manifest import (REQUIRED_MANIFEST_FIELDS, SAMPLES_FIELDS, decode_text, inside, iter_table,
+                                     open_inside)
 from exfacegan.errors import CheckpointError, ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -127,12 +128,7 @@ def _read_card(root: Path) -> tuple[dict[str, str], int | None]:
         data = handle.read(MAX_CARD_BYTES + 1)
     if len(data) > MAX_CARD_BYTES:
         raise DataError(f"{root / CARD} is larger than {MAX_CARD_BYTES >> 20} MiB; not a dataset card")
-    if b"\x00" in data:
-        raise DataError(f"{root / CARD} holds a NUL byte; not a dataset card")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise DataError(f"{root / CARD} is not UTF-8 text; not a dataset card") from None
+    text = decode_text(data, str(root / CARD), "a dataset card")
     files: dict[str, str] = {}
     lines = text.splitlines()
     if "SHA-256 of the exported files:" not in lines:
