@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the official layout's stand-ins
+from official_layout import official_modules  # noqa: E402
 from exfacegan.gans import load_generator
 from exfacegan.gans.pickles import EasyDict as OurEasyDict
 from exfacegan.gans.pickles import _persistent_record, read_network_pickle
@@ -36,20 +38,9 @@ FFHQ_1024 = dict(z_dim=512, c_dim=0, w_dim=512, img_resolution=1024, img_channel
 
 def _official_names() -> types.SimpleNamespace:
     """Importable `torch_utils.persistence` and `dnnlib.util`, so pickle writes the official globals."""
-    persistence, util = types.ModuleType("torch_utils.persistence"), types.ModuleType("dnnlib.util")
-
-    def _reconstruct_persistent_obj(meta):
-        raise AssertionError("never called")
-
-    class EasyDict(dict):
-        pass
-
-    _reconstruct_persistent_obj.__module__, EasyDict.__module__ = persistence.__name__, util.__name__
-    _reconstruct_persistent_obj.__qualname__, EasyDict.__qualname__ = "_reconstruct_persistent_obj", "EasyDict"
-    persistence._reconstruct_persistent_obj, util.EasyDict = _reconstruct_persistent_obj, EasyDict
-    sys.modules.update({"torch_utils": types.ModuleType("torch_utils"), persistence.__name__: persistence,
-                        "dnnlib": types.ModuleType("dnnlib"), util.__name__: util})
-    return types.SimpleNamespace(hook=_reconstruct_persistent_obj, EasyDict=EasyDict)
+    names, modules = official_modules()
+    sys.modules.update(modules)
+    return names
 
 
 class _Persistent:

@@ -5,11 +5,11 @@ import json
 import os
 import pickle
 import sys
-import types
 from collections import OrderedDict
 
 import numpy as np
 import pytest
+from official_layout import official_modules
 import torch
 
 from exfacegan.errors import CheckpointError
@@ -31,26 +31,11 @@ class Generator(torch.nn.Module):
 
 @pytest.fixture
 def official_names(monkeypatch):
-    """Importable stand-ins for `torch_utils.persistence` and `dnnlib.util`, so that pickle
-    writes references to exactly the globals the official files contain."""
-
-    def _reconstruct_persistent_obj(meta):  # never to be called by the loader
-        raise AssertionError("the official persistence hook was called")
-
-    class EasyDict(dict):
-        pass
-
-    persistence = types.ModuleType("torch_utils.persistence")
-    _reconstruct_persistent_obj.__module__ = persistence.__name__
-    _reconstruct_persistent_obj.__qualname__ = "_reconstruct_persistent_obj"
-    persistence._reconstruct_persistent_obj = _reconstruct_persistent_obj
-    util = types.ModuleType("dnnlib.util")
-    EasyDict.__module__, EasyDict.__qualname__ = util.__name__, "EasyDict"
-    util.EasyDict = EasyDict
-    for name, module in {"torch_utils": types.ModuleType("torch_utils"), "torch_utils.persistence": persistence,
-                         "dnnlib": types.ModuleType("dnnlib"), "dnnlib.util": util}.items():
+    """Importable stand-ins for `torch_utils.persistence` and `dnnlib.util` (tests/official_layout.py)."""
+    names, modules = official_modules()
+    for name, module in modules.items():
         monkeypatch.setitem(sys.modules, name, module)
-    return types.SimpleNamespace(hook=_reconstruct_persistent_obj, EasyDict=EasyDict)
+    return names
 
 
 class _Persistent:

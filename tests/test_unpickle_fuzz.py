@@ -13,12 +13,12 @@ import pickle
 import pickletools
 import struct
 import sys
-import types
 from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 import pytest
+from official_layout import official_modules
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -49,17 +49,8 @@ def _bin_files() -> list[bytes]:
 
 def _network_pickles() -> list[bytes]:
     """Small pickles in the official layout (persistence hook, EasyDict, tensors, NumPy values, sets)."""
-    persistence, util = types.ModuleType("torch_utils.persistence"), types.ModuleType("dnnlib.util")
-
-    def _reconstruct_persistent_obj(meta):
-        raise AssertionError("never called")
-
-    class EasyDict(dict):
-        pass
-
-    _reconstruct_persistent_obj.__module__, EasyDict.__module__ = persistence.__name__, util.__name__
-    _reconstruct_persistent_obj.__qualname__, EasyDict.__qualname__ = "_reconstruct_persistent_obj", "EasyDict"
-    persistence._reconstruct_persistent_obj, util.EasyDict = _reconstruct_persistent_obj, EasyDict
+    names, modules = official_modules()
+    _reconstruct_persistent_obj, EasyDict = names.hook, names.EasyDict
 
     class Record:
         def __init__(self, meta):
@@ -73,8 +64,6 @@ def _network_pickles() -> list[bytes]:
              "_non_persistent_buffers_set": {"x"}, "_init_kwargs": EasyDict(w_dim=8, sub=EasyDict(a=1)),
              "gain": np.float32(0.5), "array": np.arange(4, dtype=">i2").reshape(2, 2)}
     meta = dict(type="class", version=6, module_src="class SynthesisBlock: pass", class_name="Generator", state=state)
-    modules = {"torch_utils": types.ModuleType("torch_utils"), persistence.__name__: persistence,
-               "dnnlib": types.ModuleType("dnnlib"), util.__name__: util}
     saved = {name: sys.modules.get(name) for name in modules}
     sys.modules.update(modules)
     try:

@@ -21,7 +21,7 @@ from PIL import Image
 from exfacegan.data.artifacts import save_text
 from exfacegan.data.gallery import Gallery
 from exfacegan.data.image_folder import ImageFolderDataset, load_image
-from exfacegan.metrics.plots import GENUINE_COLOUR, IMPOSTOR_COLOUR, Figure, _save
+from exfacegan.metrics.plots import GENUINE_COLOUR, IMPOSTOR_COLOUR, Figure, finish_similarity_histogram
 from exfacegan.metrics.report import CSS, _figure, _table, format_value
 
 AUDIT_CSS = ".pair img { width: 112px; height: 112px; image-rendering: pixelated; } .flag { color: #d1495b; font-weight: 600; }"
@@ -37,11 +37,8 @@ def nearest_real_histogram(path: Path, nearest_real: np.ndarray, impostors: np.n
     axes.hist(nearest_real, bins=edges, density=True, alpha=0.5, color=GENUINE_COLOUR,
               label=f"synthetic class vs its nearest real identity, n={len(nearest_real):,}")
     axes.axvline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:.3f}")
-    axes.set_xlabel("cosine similarity")
-    axes.set_ylabel("density")
-    axes.legend(fontsize=8, loc="upper left")
-    axes.grid(alpha=0.3)
-    return _save(figure, path, "nearest_real_histogram", "Nearest real identity against impostors")
+    return finish_similarity_histogram(figure, axes, path, "nearest_real_histogram",
+                                       "Nearest real identity against impostors")
 
 
 def _face_uri(face: torch.Tensor | None) -> str:

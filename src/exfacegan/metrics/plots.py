@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import Sequence
+from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,11 +72,7 @@ def score_histogram(
                   label=f"both-sides pairs (class 2r vs 2r+1), n={len(both_sides):,}")
     if threshold is not None:
         axes.axvline(threshold, color="black", linestyle="--", linewidth=1, label=f"EER threshold {threshold:.3f}")
-    axes.set_xlabel("cosine similarity")
-    axes.set_ylabel("density")
-    axes.legend(fontsize=8, loc="upper left")
-    axes.grid(alpha=0.3)
-    return _save(figure, path, "score_histogram", "Genuine and impostor similarity")
+    return finish_similarity_histogram(figure, axes, path, "score_histogram", "Genuine and impostor similarity")
 
 
 def value_histogram(path: Path, values: np.ndarray, *, name: str, title: str, xlabel: str, bins: int = 40) -> Figure:
@@ -107,3 +104,12 @@ def identity_grid(path: Path, identities: Sequence[tuple[str, torch.Tensor]]) ->
     for spine in axes.spines.values():
         spine.set_visible(False)
     return _save(figure, path, "identity_grid", "Sample images per identity")
+
+
+def finish_similarity_histogram(figure: Any, axes: Any, path: Path, name: str, title: str) -> Figure:
+    """Label a density histogram of cosine similarities, add its legend and grid, and save it."""
+    axes.set_xlabel("cosine similarity")
+    axes.set_ylabel("density")
+    axes.legend(fontsize=8, loc="upper left")
+    axes.grid(alpha=0.3)
+    return _save(figure, path, name, title)
